@@ -1,0 +1,1 @@
+"""emudev: an emulated Linux compute-accelerator (DRM accel) device served over FUSE."""

@@ -1,0 +1,3 @@
+from emudev.cli import main
+
+raise SystemExit(main())

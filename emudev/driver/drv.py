@@ -1,0 +1,23 @@
+"""The driver description, the emulator's struct drm_driver: features and ioctl table.
+
+Importing the handler modules here registers them; the dispatcher then takes every
+ioctl that the uapi spec declares for the DRM core and this driver.
+"""
+
+from __future__ import annotations
+
+from emudev.driver import params  # noqa: F401  (registers the driver ioctl handlers)
+from emudev.drm import core  # noqa: F401  (registers the core ioctl handlers)
+from emudev.drm.device import DeviceConfig, DrmDevice
+from emudev.drm.ioctl import DrmDispatcher
+from emudev.gem import prime  # noqa: F401  (registers the PRIME handlers)
+
+DRIVER_FEATURES = frozenset({"compute_accel"})
+
+
+def create_devices(count: int, config: DeviceConfig) -> list[DrmDevice]:
+    return [DrmDevice(index=i, config=config, features=DRIVER_FEATURES) for i in range(count)]
+
+
+def create_dispatcher() -> DrmDispatcher:
+    return DrmDispatcher(families=("drm", "emudev"))

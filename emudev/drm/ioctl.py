@@ -1,0 +1,138 @@
+"""The ioctl dispatcher, the emulator's drm_ioctl().
+
+Handlers are registered by ioctl name; the tables that route a request are built from
+the uapi spec (emudev/uapi), so numbers, sizes and permissions exist only there. The
+order of checks and the size rules copy drivers/gpu/drm/drm_ioctl.c:
+
+* unplugged device → ENODEV; a type byte other than 'd' → ENOTTY;
+* the handler is chosen by _IOC_NR alone: core table below DRM_COMMAND_BASE and from
+  DRM_COMMAND_END, driver table in between; no entry → EINVAL;
+* the argument size is the caller's _IOC_SIZE; short input is zero-extended to the
+  kernel's size, and the caller's size is copied back even when the handler fails;
+* drm_ioctl_permit() → EACCES; a DRIVER_* feature the ioctl needs but the device lacks
+  → EOPNOTSUPP.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from emudev.drm.file import DrmFile
+from emudev.drm.usermem import UserMemory
+from emudev.uapi import defs
+from emudev.uapi.types import IOC_READ, IOC_WRITE, IoctlSpec, UapiStruct, ioc_dir, ioc_nr, ioc_size, ioc_type
+
+log = logging.getLogger("emudev.ioctl")
+
+Handler = Callable[[DrmFile, UapiStruct, UserMemory], int]
+
+DRM_COMMAND_END = 0xA0
+_handlers: dict[str, Handler] = {}
+
+
+def ioctl_handler(name: str) -> Callable[[Handler], Handler]:
+    """Register the function that implements the ioctl `name` (its C macro name)."""
+    if name not in defs.IOCTLS_BY_NAME:
+        raise KeyError(f"{name} is not declared in the uapi spec")
+
+    def register(fn: Handler) -> Handler:
+        if name in _handlers:
+            raise KeyError(f"{name} has two handlers")
+        _handlers[name] = fn
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class IoctlEntry:
+    """A row of the table. `handler` is None for an ioctl of a DRIVER_* feature this
+    emulator does not provide: like the kernel's handlers for it, it answers EOPNOTSUPP."""
+
+    spec: IoctlSpec
+    handler: Handler | None
+
+
+@dataclass(frozen=True)
+class IoctlOutcome:
+    """What goes back to the caller: the ioctl's return value (or -errno) and the struct bytes."""
+
+    result: int
+    data: bytes
+
+
+class DrmDispatcher:
+    """Routes DRM ioctls of one device's open files to their handlers."""
+
+    def __init__(self, families: Iterable[str] = ("drm", "emudev")) -> None:
+        self.core: dict[int, IoctlEntry] = {}
+        self.driver: dict[int, IoctlEntry] = {}
+        for spec in defs.IOCTLS:
+            if spec.family in families:
+                table = self.driver if defs.DRM_COMMAND_BASE <= spec.nr < DRM_COMMAND_END else self.core
+                table[spec.nr] = IoctlEntry(spec, _handlers.get(spec.name))
+
+    def lookup(self, nr: int) -> IoctlEntry | None:
+        table = self.driver if defs.DRM_COMMAND_BASE <= nr < DRM_COMMAND_END else self.core
+        return table.get(nr)
+
+    def dispatch(self, file: DrmFile, cmd: int, in_data: bytes, user: UserMemory) -> IoctlOutcome:
+        """Run one ioctl as drm_ioctl() would; never raises for bad input.
+
+        The handler works on `kdata` in place, so bytes the caller sent beyond the
+        kernel's struct come back unchanged, as with the kernel's kdata buffer.
+        """
+        file.ioctl_count += 1
+        if file.device.unplugged:
+            return IoctlOutcome(-errno.ENODEV, b"")
+        if ioc_type(cmd) != defs.DRM_IOCTL_BASE:
+            return IoctlOutcome(-errno.ENOTTY, b"")
+        entry = self.lookup(ioc_nr(cmd))
+        if entry is None:
+            return IoctlOutcome(-errno.EINVAL, b"")
+        in_size, out_size = _transfer_sizes(cmd, entry.spec)
+        kdata = bytearray(max(in_size, out_size, entry.spec.size))
+        kdata[:in_size] = in_data[:in_size]
+        result = self._call(entry, file, entry.spec.struct.from_buffer(kdata), user)
+        return IoctlOutcome(result, bytes(kdata[:out_size]))
+
+    def _call(self, entry: IoctlEntry, file: DrmFile, args: UapiStruct, user: UserMemory) -> int:
+        denied = _permission_error(entry.spec, file) or _feature_error(entry.spec, file)
+        if denied:
+            return -denied
+        if entry.handler is None:
+            log.error("%s: the device has its features but no handler", entry.spec.name)
+            return -errno.EINVAL
+        try:
+            return entry.handler(file, args, user)
+        except OSError as e:
+            return -(e.errno or errno.EINVAL)
+        except Exception:
+            log.exception("%s failed", entry.spec.name)
+            return -errno.EINVAL
+
+
+def _transfer_sizes(cmd: int, spec: IoctlSpec) -> tuple[int, int]:
+    """drm_ioctl(): the caller's size, only in the directions both sides agree on."""
+    size = ioc_size(cmd)
+    both = ioc_dir(cmd) & spec.dir
+    return (size if both & IOC_WRITE else 0), (size if both & IOC_READ else 0)
+
+
+def _permission_error(spec: IoctlSpec, file: DrmFile) -> int:
+    """drm_ioctl_permit() for an accel file: not a render client, never the master."""
+    if "root_only" in spec.permissions and not file.client.cap_sys_admin:
+        return errno.EACCES
+    if "auth" in spec.permissions and not file.authenticated:
+        return errno.EACCES
+    if "master" in spec.permissions:
+        return errno.EACCES
+    return 0
+
+
+def _feature_error(spec: IoctlSpec, file: DrmFile) -> int:
+    missing = [f for f in spec.requires if not file.device.has_feature(f)]
+    return errno.EOPNOTSUPP if missing else 0

@@ -1,0 +1,41 @@
+"""FUSE spoken directly over /dev/fuse: mount, serve requests, reply (now or later), notify.
+
+Knows nothing about what it serves: a file system subclasses ``Operations`` and
+returns the value types below, or ``DEFERRED`` to answer later through the
+``Request``.
+"""
+
+from emudev.fuse.mount import MountError, is_mounted, mount, unmount
+from emudev.fuse.ops import (
+    DEFERRED,
+    Attr,
+    ConnInfo,
+    Deferred,
+    DirEntry,
+    Entry,
+    IoctlResult,
+    Opened,
+    Operations,
+    StatFs,
+)
+from emudev.fuse.request import Request
+from emudev.fuse.session import Session
+
+__all__ = [
+    "DEFERRED",
+    "Attr",
+    "ConnInfo",
+    "Deferred",
+    "DirEntry",
+    "Entry",
+    "IoctlResult",
+    "MountError",
+    "Opened",
+    "Operations",
+    "Request",
+    "Session",
+    "StatFs",
+    "is_mounted",
+    "mount",
+    "unmount",
+]

@@ -1,0 +1,61 @@
+"""Per-file handle tables, the emulator's idr of drm_file.object_idr / syncobj_idr.
+
+Handles are small integers starting at 1 (0 is never valid), private to one open
+file. Like idr_alloc(idr, obj, 1, 0) the lowest free number is handed out, so a
+closed handle's number comes back; freed numbers wait in a heap so allocation stays
+O(log n) however many handles are live.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class HandleTable(Generic[T]):
+    def __init__(self) -> None:
+        self._objects: dict[int, T] = {}
+        self._free: list[int] = []
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def insert(self, obj: T) -> int:
+        with self._lock:
+            if self._free:
+                handle = heapq.heappop(self._free)
+            else:
+                handle = self._next
+                self._next += 1
+            self._objects[handle] = obj
+            return handle
+
+    def lookup(self, handle: int) -> T | None:
+        with self._lock:
+            return self._objects.get(handle)
+
+    def remove(self, handle: int) -> T | None:
+        with self._lock:
+            obj = self._objects.pop(handle, None)
+            if obj is not None:
+                heapq.heappush(self._free, handle)
+            return obj
+
+    def items(self) -> list[tuple[int, T]]:
+        with self._lock:
+            return list(self._objects.items())
+
+    def drain(self) -> list[T]:
+        """Empty the table (file release) and return what it held."""
+        with self._lock:
+            objects = list(self._objects.values())
+            self._objects.clear()
+            self._free.clear()
+            self._next = 1
+            return objects
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)

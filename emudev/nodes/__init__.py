@@ -1,0 +1,1 @@
+"""The file tree a mount shows: accel/accelN device nodes and the debug/ directory."""

@@ -1,0 +1,50 @@
+"""debug/: read-only text files in the spirit of /sys/kernel/debug/accel/N/.
+
+They are how humans and tools (`emudev status`, tests, later accel-top) look inside
+the daemon without a side channel: everything is read through the mount itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from emudev.drm.device import DrmDevice
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    mountpoint: str
+    started: float
+    log_path: str
+    workers: int
+
+
+def clients_text(device: DrmDevice) -> str:
+    """Like drm_clients_info(): one line per open file."""
+    lines = [f"{'command':>20} {'tgid':>7} {'pid':>7} {'uid':>5} a {'ioctls':>8} {'id':>5} name"]
+    for f in sorted(device.files(), key=lambda f: f.id):
+        c = f.client
+        lines.append(f"{c.comm:>20} {c.tgid:>7} {c.pid:>7} {c.uid:>5} {'y' if f.authenticated else 'n'} "
+                     f"{f.ioctl_count:>8} {f.id:>5} {f.client_name or '<unset>'}")
+    return "\n".join(lines) + "\n"
+
+
+def name_text(device: DrmDevice) -> str:
+    return f"emudev dev={device.name} unplugged={'yes' if device.unplugged else 'no'}\n"
+
+
+def daemon_text(info: DaemonInfo, devices: Sequence[DrmDevice]) -> str:
+    """Key: value lines read by `emudev status` and `emudev umount`."""
+    rows = {
+        "pid": os.getpid(),
+        "mountpoint": info.mountpoint,
+        "uptime": f"{time.monotonic() - info.started:.1f}s",
+        "devices": " ".join(d.name for d in devices),
+        "clients": sum(len(d.files()) for d in devices),
+        "workers": info.workers,
+        "log": info.log_path,
+    }
+    return "".join(f"{k}: {v}\n" for k, v in rows.items())

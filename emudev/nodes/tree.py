@@ -1,0 +1,124 @@
+"""Nodes of the mounted tree and the inode table that names them.
+
+A node knows its attributes and how to open itself; what an open file does (read,
+ioctl, poll) belongs to the object it returns, so device semantics stay out of the
+FUSE adapter.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from emudev.fuse import IoctlResult, Request
+
+ROOT_INO = 1
+
+
+class OpenFile:
+    """What an open() of a node returns; the defaults are those of a file without the op."""
+
+    direct_io = True
+
+    def read(self, req: Request, offset: int, size: int) -> bytes:
+        raise OSError(errno.EINVAL, "not readable")
+
+    def write(self, req: Request, offset: int, data: memoryview) -> int:
+        raise OSError(errno.EINVAL, "not writable")
+
+    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
+        raise OSError(errno.ENOTTY, "no ioctls")
+
+    def poll(self, req: Request, kh: int | None, events: int) -> int:
+        return 0
+
+    def release(self) -> None:
+        """Drop what the open held; called once, when the last fd to it is closed."""
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    mode: int
+    ino: int = 0
+    parent: Directory | None = None
+
+    def size(self) -> int:
+        return 0
+
+
+@dataclass(eq=False)
+class Directory(Node):
+    mode: int = stat.S_IFDIR | 0o755
+    children: dict[str, Node] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class DeviceFile(Node):
+    """A regular file whose opens are served by `opener` (a device node)."""
+
+    mode: int = stat.S_IFREG | 0o666
+    opener: Callable[[Request, int], OpenFile] | None = None
+
+    def open(self, req: Request, flags: int) -> OpenFile:
+        assert self.opener is not None
+        return self.opener(req, flags)
+
+
+class _Snapshot(OpenFile):
+    """A debugfs-style read-only text: rendered once at open so reads see one consistent state."""
+
+    def __init__(self, text: str) -> None:
+        self.data = text.encode()
+
+    def read(self, req: Request, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+
+def text_file(name: str, render: Callable[[], str]) -> DeviceFile:
+    return DeviceFile(name=name, mode=stat.S_IFREG | 0o444, opener=lambda req, flags: _Snapshot(render()))
+
+
+class InodeTable:
+    """Assigns inode numbers and resolves them; nodes can be added while the mount is live."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count(ROOT_INO + 1)
+        self._lock = threading.Lock()
+        self.root = Directory(name="", ino=ROOT_INO)
+        self._nodes: dict[int, Node] = {ROOT_INO: self.root}
+
+    def add(self, parent: Directory, node: Node) -> Node:
+        with self._lock:
+            node.ino = next(self._next)
+            node.parent = parent
+            parent.children[node.name] = node
+            self._nodes[node.ino] = node
+        return node
+
+    def mkdir(self, parent: Directory, name: str) -> Directory:
+        existing = parent.children.get(name)
+        if isinstance(existing, Directory):
+            return existing
+        node = self.add(parent, Directory(name=name))
+        assert isinstance(node, Directory)
+        return node
+
+    def get(self, ino: int) -> Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such node")
+        return node
+
+    def child(self, parent_ino: int, name: str) -> Node:
+        parent = self.get(parent_ino)
+        if not isinstance(parent, Directory):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        node = parent.children.get(name)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such node")
+        return node

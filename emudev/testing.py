@@ -1,0 +1,119 @@
+"""Mounted devices for tests: a daemon in its own process, always unmounted afterwards.
+
+Use it from any pytest suite with `-p emudev.testing` (or `pytest_plugins =
+["emudev.testing"]` in a conftest.py); the fixtures are `emudev_mount` (a fresh
+daemon per test) and `emudev_shared_mount` (one daemon per session). Outside pytest,
+`with MountedEmudev(devices=2) as m: ...` does the same.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from emudev import fuse
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+class DaemonStartError(RuntimeError):
+    pass
+
+
+class MountedEmudev:
+    """Start `emudev mount --foreground` in a child process on a temporary mountpoint."""
+
+    def __init__(self, devices: int = 1, extra_args: tuple[str, ...] = (), mountpoint: str | None = None) -> None:
+        self.devices = devices
+        self.extra_args = extra_args
+        self._own_dir = mountpoint is None
+        self.mountpoint = mountpoint or tempfile.mkdtemp(prefix="emudev-mnt-")
+        self.log_path = os.path.join(tempfile.gettempdir(), f"emudev-test-{os.getpid()}-{id(self)}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def node(self, index: int = 0) -> str:
+        return os.path.join(self.mountpoint, "accel", f"accel{index}")
+
+    def debug(self, *parts: str) -> str:
+        with open(os.path.join(self.mountpoint, "debug", *parts)) as f:
+            return f.read()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def start(self) -> MountedEmudev:
+        cmd = [sys.executable, "-m", "emudev", "mount", self.mountpoint, "--foreground",
+               "--devices", str(self.devices), "--log", self.log_path, *self.extra_args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(self.node(self.devices - 1)):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self.stop()
+                raise DaemonStartError(f"emudev daemon exited with {self.proc.returncode}: {err}{self.log_text()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DaemonStartError(f"emudev daemon did not mount within {START_TIMEOUT}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL; whatever happened, leave no mount behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+        if fuse.is_mounted(self.mountpoint):
+            fuse.unmount(self.mountpoint, lazy=True)
+        if self._own_dir:
+            shutil.rmtree(self.mountpoint, ignore_errors=True)
+
+    def __enter__(self) -> MountedEmudev:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def emudev_mount(request: pytest.FixtureRequest) -> Iterator[MountedEmudev]:
+    """A fresh daemon for one test; `@pytest.mark.emudev(devices=2, args=(...))` configures it."""
+    marker = request.node.get_closest_marker("emudev")
+    kwargs = marker.kwargs if marker else {}
+    with MountedEmudev(devices=kwargs.get("devices", 1), extra_args=tuple(kwargs.get("args", ()))) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def emudev_shared_mount() -> Iterator[MountedEmudev]:
+    """One daemon with two devices shared by every test of the session that asks for it."""
+    with MountedEmudev(devices=2) as m:
+        yield m
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "emudev(devices=1, args=()): configure the emudev_mount daemon")

@@ -1,0 +1,1376 @@
+"""Generate the uapi bindings, C header and reference from ``spec/*.yaml``.
+
+The YAML files are the only place where an ioctl number, a struct layout or a
+flag value is written down (DESIGN.md, promise 2); everything else is generated
+and committed, and ``--check`` fails when a committed file is stale. This is
+the kernel's netlink "declare, then generate" approach applied to ioctls.
+
+Outputs: ``emudev/uapi/defs.py`` (ctypes bindings used by the device),
+``include/uapi/drm/emudev_accel.h`` (the driver's C header, in the style of
+``rocket_accel.h``) and ``docs/uapi.md``.
+
+Spec schema, one file per ioctl family::
+
+    family: name                 # "drm", "emudev", "dma_buf", ...
+    type: "d"                    # the _IOC_TYPE character
+    type-macro: DRM_IOCTL_BASE   # optional: C name of that character
+    origin: kernel | driver      # transcribed kernel ABI, or this driver's own uapi
+    dispatch: nr | cmd           # drm_ioctl() matches _IOC_NR; dma-buf & co. the whole cmd
+    unknown-errno: EINVAL        # errno for a request the family does not know
+    doc: ...
+    prefix: DRM_EMUDEV           # driver only: C prefix of generated names
+    version: {major, minor}      # driver only: uapi (and DRM driver) version
+    driver: {name, desc, date, patchlevel}   # driver only: DRM_IOCTL_VERSION strings
+    constants: [{name, value, doc}]
+    enums: [{name, doc, members: [{name, value, doc}]}]
+    flags: [{name, doc, mask, members: [{name, value, doc} | NAME]}]
+        # mask: "all" (OR of the members), a number, or a constant's name;
+        # a bare NAME member reuses a constant defined elsewhere.
+    structs:
+      - name: ...
+        doc: ...
+        kernel-abi: {waive: [rule, ...], why: ...}   # kernel transcriptions only
+        fields:
+          - name: ...
+            type: u8|s8|u16|s16|u32|s32|u64|s64|ptr, or TYPE[N]; char only as char[N]
+            doc: ...
+            dir: in | out | inout          # default in
+            flags: FLAGSET                 # for flag fields
+            enum: ENUM                     # for selector fields
+            points-to: "u32[count]"        # what a ptr field points at
+            since: label                   # added later: the struct has an older, shorter size
+            kernel-c-type: size_t          # the kernel header's own C type, when not a __u/__s type
+            kernel-implicit: true          # padding the kernel header leaves implicit
+    ioctls:
+      - name: DRM_IOCTL_...        # the C macro
+        nr: 0x0c | index: 0x00     # index: driver ioctls, nr = DRM_COMMAND_BASE + index
+        dir: io | ior | iow | iowr
+        struct: NAME               # or, for a scalar argument:
+        scalar: {struct, field, type, doc, points-to}
+        by-value: true             # the argument is the value itself, not its address
+        variants: [{name, size, doc}]   # other request numbers for the same nr
+        permissions: [render_allow, auth, master, root_only]
+        requires: [gem, syncobj, syncobj_timeline, modeset]   # checked before the handler
+        errors: [{errno, when}]
+        doc: ...
+    packets: ...                   # reserved for the command-stream ISA
+
+Generation needs a well-formed spec; the uapi *rules* (padding, pointers,
+documentation, ...) are checked by ``emudev.uapi.lint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emudev.uapi.types import IOC_NONE, IOC_READ, IOC_WRITE, ioc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPEC_DIR = Path(__file__).resolve().parent / "spec"
+DEFS_PATH = "emudev/uapi/defs.py"
+HEADER_PATH = "include/uapi/drm/emudev_accel.h"
+DOCS_PATH = "docs/uapi.md"
+GENERATOR = "python -m emudev.uapi.gen"
+
+SCALAR_SIZES = {
+    "u8": 1,
+    "s8": 1,
+    "char": 1,
+    "u16": 2,
+    "s16": 2,
+    "u32": 4,
+    "s32": 4,
+    "u64": 8,
+    "s64": 8,
+    "ptr": 8,
+}
+DIRECTIONS = {"io": IOC_NONE, "ior": IOC_READ, "iow": IOC_WRITE, "iowr": IOC_READ | IOC_WRITE}
+FIELD_DIRECTIONS = ("in", "out", "inout")
+_TYPE_RE = re.compile(r"^(?P<base>[a-z0-9_]+)(?:\[(?P<count>[1-9][0-9]*)\])?$")
+
+_TOP_KEYS = {
+    "family",
+    "type",
+    "type-macro",
+    "origin",
+    "dispatch",
+    "unknown-errno",
+    "doc",
+    "prefix",
+    "version",
+    "driver",
+    "constants",
+    "enums",
+    "flags",
+    "structs",
+    "ioctls",
+}
+_RESERVED_TOP_KEYS = {"packets": "reserved for the command-stream ISA, which is not generated yet"}
+_FIELD_KEYS = {
+    "name",
+    "type",
+    "doc",
+    "dir",
+    "flags",
+    "enum",
+    "points-to",
+    "since",
+    "kernel-c-type",
+    "kernel-implicit",
+}
+_IOCTL_KEYS = {
+    "name",
+    "nr",
+    "index",
+    "dir",
+    "struct",
+    "scalar",
+    "by-value",
+    "variants",
+    "permissions",
+    "requires",
+    "errors",
+    "doc",
+}
+
+
+class SpecError(Exception):
+    """A spec that cannot be turned into a model: a schema error, not a uapi-rule violation."""
+
+    def __init__(self, path: str, message: str, rule: str = "schema") -> None:
+        super().__init__(f"{path}: {rule}: {message}")
+        self.path = path
+        self.rule = rule
+        self.message = message
+
+
+class HexInt(int):
+    """An integer the spec wrote in hex, so generated code and docs keep its base."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that remembers which integers were written in hex."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value = loader.construct_yaml_int(node)
+    return HexInt(value) if node.value.lower().lstrip("+-").startswith("0x") else value
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Field:
+    """A struct member with its computed LP64 offset."""
+
+    name: str
+    type: str
+    base: str
+    count: int | None
+    offset: int
+    size: int
+    doc: str
+    direction: str
+    flags: str | None
+    enum: str | None
+    points_to: str | None
+    since: str | None
+    kernel_c_type: str | None
+    kernel_implicit: bool
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.base == "ptr"
+
+    @property
+    def elem_size(self) -> int:
+        return SCALAR_SIZES[self.base]
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A struct with its LP64 (x86-64, arm64) layout."""
+
+    name: str
+    doc: str
+    family: str
+    path: str
+    fields: tuple[Field, ...]
+    size: int
+    waive: tuple[str, ...] = ()
+    waive_why: str = ""
+    scalar_of: str | None = None
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Every size a header has had: each ``since`` group starts a newer, longer form."""
+        starts = {field.offset for field in self.fields if field.since}
+        return tuple(sorted(starts | {self.size}))
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    value: int
+    doc: str
+    family: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FlagSetDef:
+    name: str
+    doc: str
+    members: tuple[str, ...]
+    mask: int | None
+    family: str
+    path: str
+
+
+@dataclass(frozen=True)
+class EnumDef:
+    name: str
+    doc: str
+    members: tuple[str, ...]
+    family: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    size: int
+    doc: str
+
+
+@dataclass(frozen=True)
+class Ioctl:
+    name: str
+    family: str
+    path: str
+    type: int
+    nr: int
+    index: int | None
+    dir_name: str
+    struct: str
+    size: int
+    sizes: tuple[int, ...]
+    permissions: tuple[str, ...]
+    requires: tuple[str, ...]
+    errors: tuple[tuple[str, str], ...]
+    doc: str
+    variants: tuple[Variant, ...]
+    by_value: bool
+
+    @property
+    def dir(self) -> int:
+        return DIRECTIONS[self.dir_name]
+
+    @property
+    def cmd(self) -> int:
+        return ioc(self.dir, self.type, self.nr, self.size)
+
+    def variant_cmd(self, variant: Variant) -> int:
+        return ioc(self.dir, self.type, self.nr, variant.size)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    path: str
+    type: int
+    doc: str
+    origin: str
+    dispatch: str
+    unknown_errno: str
+    version: tuple[int, int] | None
+    driver: Mapping[str, Any] | None
+    constants: tuple[str, ...]
+    enums: tuple[str, ...]
+    flagsets: tuple[str, ...]
+    structs: tuple[str, ...]
+    ioctls: tuple[str, ...]
+
+
+@dataclass
+class Model:
+    """Every spec file resolved: names are global, as they are in C."""
+
+    families: dict[str, Family]
+    constants: dict[str, Constant]
+    enums: dict[str, EnumDef]
+    flagsets: dict[str, FlagSetDef]
+    structs: dict[str, Struct]
+    ioctls: dict[str, Ioctl]
+
+    def driver_family(self) -> Family:
+        drivers = [family for family in self.families.values() if family.origin == "driver"]
+        if len(drivers) != 1:
+            raise SpecError("spec", f"expected exactly one family with origin: driver, found {len(drivers)}")
+        return drivers[0]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_documents(spec_dir: Path = SPEC_DIR) -> list[tuple[str, dict[str, Any]]]:
+    """Read every ``*.yaml`` of ``spec_dir`` in name order, keyed by a repo-relative path."""
+    documents = []
+    for path in sorted(spec_dir.glob("*.yaml")):
+        shown = _display_path(path)
+        documents.append((shown, parse_document(path.read_text(), shown)))
+    return documents
+
+
+def parse_document(text: str, path: str) -> dict[str, Any]:
+    """Parse one spec file; it must be a mapping."""
+    try:
+        data = yaml.load(text, Loader=_SpecLoader)
+    except yaml.YAMLError as error:
+        raise SpecError(path, f"not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise SpecError(path, "a spec file must be a YAML mapping")
+    return data
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _check_keys(item: Any, allowed: set[str], required: Iterable[str], where: str, path: str) -> None:
+    if not isinstance(item, Mapping):
+        raise SpecError(path, f"{where}: expected a mapping, got {item!r}")
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise SpecError(path, f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    missing = [key for key in required if key not in item]
+    if missing:
+        raise SpecError(path, f"{where}: missing key(s) {', '.join(missing)}")
+
+
+def _text(value: Any) -> str:
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_model(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Model:
+    """Resolve names, compute layouts and request numbers; raise SpecError on schema errors."""
+    builder = _Builder()
+    for path, data in documents:
+        builder.add_family(path, data)
+    builder.define_values(documents)
+    builder.resolve_flags(documents)
+    builder.define_structs(documents)
+    builder.define_ioctls(documents)
+    return builder.model()
+
+
+class _Builder:
+    """Builds the model in phases so that any spec may refer to names another defines."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, dict[str, Any]] = {}
+        self.constants: dict[str, Constant] = {}
+        self.enums: dict[str, EnumDef] = {}
+        self.flagsets: dict[str, FlagSetDef] = {}
+        self.structs: dict[str, Struct] = {}
+        self.ioctls: dict[str, Ioctl] = {}
+
+    def add_family(self, path: str, data: Mapping[str, Any]) -> None:
+        reserved = sorted(set(data) & set(_RESERVED_TOP_KEYS))
+        if reserved:
+            raise SpecError(path, f"{reserved[0]}: {_RESERVED_TOP_KEYS[reserved[0]]}")
+        _check_keys(data, _TOP_KEYS, ("family", "type", "origin", "dispatch", "unknown-errno"), "file", path)
+        name = str(data["family"])
+        type_char = str(data["type"])
+        if len(type_char) != 1:
+            raise SpecError(path, f"type must be one character, got {type_char!r}")
+        if data["origin"] not in ("kernel", "driver") or data["dispatch"] not in ("nr", "cmd"):
+            raise SpecError(path, "origin must be kernel|driver and dispatch nr|cmd")
+        if name in self.families:
+            raise SpecError(path, f"family {name} is declared twice")
+        if data["origin"] == "driver" and not {"prefix", "version", "driver"} <= set(data):
+            raise SpecError(path, "a driver family needs prefix, version and driver")
+        self.families[name] = {"path": path, "data": data, "type": ord(type_char), "names": _names()}
+
+    # values: constants, enums, flag members -----------------------------------
+
+    def define_values(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for path, data in documents:
+            family = str(data["family"])
+            self._family_constants(family, path, data)
+            for item in data.get("constants") or ():
+                _check_keys(item, {"name", "value", "doc"}, ("name", "value"), "constant", path)
+                self._constant(family, path, item, "constants")
+            for item in data.get("enums") or ():
+                self._enum(family, path, item)
+            for item in data.get("flags") or ():
+                _check_keys(item, {"name", "doc", "mask", "members"}, ("name", "members"), "flag set", path)
+                for member in item["members"] or ():
+                    if isinstance(member, Mapping):
+                        _check_keys(member, {"name", "value", "doc"}, ("name", "value"), "flag", path)
+                        self._constant(family, path, member, None)
+
+    def _family_constants(self, family: str, path: str, data: Mapping[str, Any]) -> None:
+        info = self.families[family]
+        if data.get("type-macro"):
+            doc = f"ioctl type of the {family} family ('{data['type']}')."
+            self._add_constant(
+                Constant(data["type-macro"], HexInt(info["type"]), doc, family, path), "constants"
+            )
+        version = data.get("version")
+        if version is None:
+            return
+        prefix = data.get("prefix")
+        _check_keys(
+            data.get("driver"),
+            {"name", "desc", "date", "patchlevel"},
+            ("name", "desc", "date"),
+            "driver",
+            path,
+        )
+        if not prefix or not isinstance(version, Mapping) or set(version) != {"major", "minor"}:
+            raise SpecError(path, "version needs {major, minor}, a prefix and a driver")
+        major, minor = int(version["major"]), int(version["minor"])
+        for suffix, value, doc in (
+            (
+                "UAPI_VERSION_MAJOR",
+                major,
+                "Major version of this uapi; bumped only for incompatible changes.",
+            ),
+            ("UAPI_VERSION_MINOR", minor, "Minor version of this uapi; bumped when something is added."),
+            ("UAPI_VERSION", HexInt(major << 16 | minor), "(major << 16) | minor, as the device reports it."),
+        ):
+            self._add_constant(Constant(f"{prefix}_{suffix}", value, doc, family, path), "constants")
+
+    def _constant(self, family: str, path: str, item: Mapping[str, Any], group: str | None) -> str:
+        if not isinstance(item["value"], int) or isinstance(item["value"], bool):
+            raise SpecError(path, f"constant {item['name']}: value must be an integer")
+        constant = Constant(str(item["name"]), item["value"], _text(item.get("doc")), family, path)
+        self._add_constant(constant, group)
+        return constant.name
+
+    def _add_constant(self, constant: Constant, group: str | None) -> None:
+        if constant.name in self.constants:
+            raise SpecError(constant.path, f"constant {constant.name} is defined twice; refer to it by name")
+        self.constants[constant.name] = constant
+        if group:
+            self.families[constant.family]["names"][group].append(constant.name)
+
+    def _enum(self, family: str, path: str, item: Mapping[str, Any]) -> None:
+        _check_keys(item, {"name", "doc", "members"}, ("name", "members"), "enum", path)
+        members = []
+        for member in item["members"] or ():
+            _check_keys(member, {"name", "value", "doc"}, ("name", "value"), f"enum {item['name']}", path)
+            members.append(self._constant(family, path, member, None))
+        self._add_named(
+            self.enums, "enums", EnumDef(item["name"], _text(item.get("doc")), tuple(members), family, path)
+        )
+
+    def _add_named(self, table: dict[str, Any], group: str, value: Any) -> None:
+        if value.name in table:
+            raise SpecError(value.path, f"{value.name} is defined twice")
+        table[value.name] = value
+        self.families[value.family]["names"][group].append(value.name)
+
+    # flag sets ----------------------------------------------------------------
+
+    def resolve_flags(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for path, data in documents:
+            for item in data.get("flags") or ():
+                self._flagset(str(data["family"]), path, item)
+
+    def _flagset(self, family: str, path: str, item: Mapping[str, Any]) -> None:
+        members = tuple(self._member_name(path, member) for member in item["members"] or ())
+        mask = self._mask(path, item, members)
+        self._add_named(
+            self.flagsets,
+            "flagsets",
+            FlagSetDef(item["name"], _text(item.get("doc")), members, mask, family, path),
+        )
+
+    def _member_name(self, path: str, member: Any) -> str:
+        name = str(member["name"]) if isinstance(member, Mapping) else str(member)
+        if name not in self.constants:
+            raise SpecError(path, f"flag member {name} is not defined anywhere")
+        return name
+
+    def _mask(self, path: str, item: Mapping[str, Any], members: tuple[str, ...]) -> int | None:
+        mask = item.get("mask")
+        if mask is None or (isinstance(mask, int) and not isinstance(mask, bool)):
+            return mask
+        if mask == "all":
+            combined = 0
+            for name in members:
+                combined |= self.constants[name].value
+            return combined
+        if mask in self.constants:
+            return self.constants[mask].value
+        raise SpecError(path, f"flag set {item['name']}: mask {mask!r} is not all, a number or a constant")
+
+    # structs ------------------------------------------------------------------
+
+    def define_structs(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for path, data in documents:
+            for item in data.get("structs") or ():
+                self._struct(str(data["family"]), path, item)
+
+    def _struct(self, family: str, path: str, item: Mapping[str, Any]) -> None:
+        _check_keys(item, {"name", "doc", "kernel-abi", "fields"}, ("name", "fields"), "struct", path)
+        waive, why = self._waivers(path, item)
+        fields, size = lay_out([self._field_input(path, item["name"], raw) for raw in item["fields"] or ()])
+        struct = Struct(item["name"], _text(item.get("doc")), family, path, fields, size, waive, why)
+        self._add_named(self.structs, "structs", struct)
+
+    def _waivers(self, path: str, item: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+        abi = item.get("kernel-abi")
+        if abi is None:
+            return (), ""
+        _check_keys(abi, {"waive", "why"}, ("waive",), f"struct {item['name']} kernel-abi", path)
+        return tuple(str(rule) for rule in abi["waive"] or ()), _text(abi.get("why"))
+
+    def _field_input(self, path: str, struct: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+        where = f"struct {struct} field {raw.get('name', '?')}"
+        _check_keys(raw, _FIELD_KEYS, ("name", "type"), where, path)
+        base, count = parse_type(str(raw["type"]), path, where)
+        direction = raw.get("dir", "in")
+        if direction not in FIELD_DIRECTIONS:
+            raise SpecError(path, f"{where}: dir must be one of {', '.join(FIELD_DIRECTIONS)}")
+        for key, table in (("flags", self.flagsets), ("enum", self.enums)):
+            if raw.get(key) is not None and raw[key] not in table:
+                raise SpecError(path, f"{where}: {key} {raw[key]} is not defined")
+        return {"raw": raw, "base": base, "count": count, "direction": direction}
+
+    # ioctls -------------------------------------------------------------------
+
+    def define_ioctls(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for path, data in documents:
+            for item in data.get("ioctls") or ():
+                self._ioctl(str(data["family"]), path, item)
+
+    def _ioctl(self, family: str, path: str, item: Mapping[str, Any]) -> None:
+        where = f"ioctl {item.get('name', '?')}"
+        _check_keys(item, _IOCTL_KEYS, ("name", "dir"), where, path)
+        if item["dir"] not in DIRECTIONS:
+            raise SpecError(path, f"{where}: dir must be one of {', '.join(DIRECTIONS)}")
+        struct = self._ioctl_struct(family, path, item, where)
+        variants = tuple(self._variant(path, where, raw) for raw in item.get("variants") or ())
+        sizes = tuple(sorted(set(struct.sizes) | {variant.size for variant in variants}))
+        nr, index = self._ioctl_nr(path, item, where)
+        ioctl = Ioctl(
+            name=str(item["name"]),
+            family=family,
+            path=path,
+            type=self.families[family]["type"],
+            nr=nr,
+            index=index,
+            dir_name=item["dir"],
+            struct=struct.name,
+            size=struct.size,
+            sizes=sizes,
+            permissions=tuple(sorted(map(str, item.get("permissions") or ()))),
+            requires=tuple(sorted(map(str, item.get("requires") or ()))),
+            errors=tuple(self._error(path, where, raw) for raw in item.get("errors") or ()),
+            doc=_text(item.get("doc")),
+            variants=variants,
+            by_value=bool(item.get("by-value", False)),
+        )
+        self._add_named(self.ioctls, "ioctls", ioctl)
+
+    def _ioctl_struct(self, family: str, path: str, item: Mapping[str, Any], where: str) -> Struct:
+        if ("struct" in item) == ("scalar" in item):
+            raise SpecError(path, f"{where}: give exactly one of struct or scalar")
+        if "struct" in item:
+            if item["struct"] not in self.structs:
+                raise SpecError(path, f"{where}: struct {item['struct']} is not defined")
+            return self.structs[item["struct"]]
+        scalar = item["scalar"]
+        _check_keys(
+            scalar, {"struct", "field", "type", "doc", "points-to"}, ("struct", "field", "type"), where, path
+        )
+        raw = {"name": scalar["field"], "type": scalar["type"], "doc": scalar.get("doc")}
+        if "points-to" in scalar:
+            raw["points-to"] = scalar["points-to"]
+        fields, size = lay_out([self._field_input(path, scalar["struct"], raw)])
+        doc = f"Argument of {item['name']}, a bare {scalar['type']} given a struct so every ioctl has one."
+        struct = Struct(scalar["struct"], doc, family, path, fields, size, scalar_of=str(item["name"]))
+        self._add_named(self.structs, "structs", struct)
+        return struct
+
+    def _ioctl_nr(self, path: str, item: Mapping[str, Any], where: str) -> tuple[int, int | None]:
+        if ("nr" in item) == ("index" in item):
+            raise SpecError(path, f"{where}: give exactly one of nr or index")
+        if "nr" in item:
+            return int(item["nr"]), None
+        base = self.constants.get("DRM_COMMAND_BASE")
+        if base is None:
+            raise SpecError(path, f"{where}: index needs the DRM_COMMAND_BASE constant")
+        return base.value + int(item["index"]), int(item["index"])
+
+    @staticmethod
+    def _variant(path: str, where: str, raw: Mapping[str, Any]) -> Variant:
+        _check_keys(raw, {"name", "size", "doc"}, ("name", "size"), f"{where} variant", path)
+        return Variant(str(raw["name"]), int(raw["size"]), _text(raw.get("doc")))
+
+    @staticmethod
+    def _error(path: str, where: str, raw: Mapping[str, Any]) -> tuple[str, str]:
+        _check_keys(raw, {"errno", "when"}, ("errno", "when"), f"{where} error", path)
+        return str(raw["errno"]), _text(raw["when"])
+
+    # result -------------------------------------------------------------------
+
+    def model(self) -> Model:
+        families = {name: self._family(name, info) for name, info in self.families.items()}
+        return Model(families, self.constants, self.enums, self.flagsets, self.structs, self.ioctls)
+
+    @staticmethod
+    def _family(name: str, info: Mapping[str, Any]) -> Family:
+        data, names = info["data"], info["names"]
+        version = data.get("version")
+        return Family(
+            name=name,
+            path=info["path"],
+            type=info["type"],
+            doc=_text(data.get("doc")),
+            origin=data["origin"],
+            dispatch=data["dispatch"],
+            unknown_errno=str(data["unknown-errno"]),
+            version=(int(version["major"]), int(version["minor"])) if version else None,
+            driver=data.get("driver"),
+            constants=tuple(names["constants"]),
+            enums=tuple(names["enums"]),
+            flagsets=tuple(names["flagsets"]),
+            structs=tuple(names["structs"]),
+            ioctls=tuple(names["ioctls"]),
+        )
+
+
+def _names() -> dict[str, list[str]]:
+    return {"constants": [], "enums": [], "flagsets": [], "structs": [], "ioctls": []}
+
+
+def _make_field(inputs: Mapping[str, Any], offset: int, size: int) -> Field:
+    raw = inputs["raw"]
+    return Field(
+        name=str(raw["name"]),
+        type=str(raw["type"]),
+        base=inputs["base"],
+        count=inputs["count"],
+        offset=offset,
+        size=size,
+        doc=_text(raw.get("doc")),
+        direction=inputs["direction"],
+        flags=raw.get("flags"),
+        enum=raw.get("enum"),
+        points_to=raw.get("points-to"),
+        since=raw.get("since"),
+        kernel_c_type=raw.get("kernel-c-type"),
+        kernel_implicit=bool(raw.get("kernel-implicit", False)),
+    )
+
+
+def parse_type(spelling: str, path: str, where: str) -> tuple[str, int | None]:
+    """Split ``u32`` / ``char[32]`` into base type and element count.
+
+    Only fixed-size __u/__s types exist in a uapi: C's bool, enum, long and
+    pointer types change size or signedness between ABIs.
+    """
+    match = _TYPE_RE.match(spelling.replace(" ", ""))
+    if not match or match["base"] not in SCALAR_SIZES:
+        raise SpecError(
+            path, f"{where}: {spelling!r} is not a uapi type (u8..u64, s8..s64, ptr, X[N])", "c-types"
+        )
+    count = int(match["count"]) if match["count"] else None
+    if match["base"] == "char" and count is None:
+        raise SpecError(path, f"{where}: char is only allowed as a char[N] string buffer", "c-types")
+    return match["base"], count
+
+
+def lay_out(inputs: Sequence[Mapping[str, Any]]) -> tuple[tuple[Field, ...], int]:
+    """Fields at their C natural-alignment offsets (LP64), and the padded struct size."""
+    offset, align, fields = 0, 1, []
+    for field_input in inputs:
+        member_align = SCALAR_SIZES[field_input["base"]]
+        offset = -(-offset // member_align) * member_align
+        size = member_align * (field_input["count"] or 1)
+        fields.append(_make_field(field_input, offset, size))
+        offset += size
+        align = max(align, member_align)
+    return tuple(fields), -(-offset // align) * align
+
+
+# --------------------------------------------------------------------------- shared rendering helpers
+
+
+def fmt_int(value: int) -> str:
+    """Render an integer in the base the spec used."""
+    return f"{value:#x}" if isinstance(value, HexInt) else str(value)
+
+
+def fmt_cmd(cmd: int) -> str:
+    return f"0x{cmd:08X}"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+# --------------------------------------------------------------------------- Python bindings
+
+_CTYPES = {
+    "u8": "ctypes.c_uint8",
+    "s8": "ctypes.c_int8",
+    "char": "ctypes.c_char",
+    "u16": "ctypes.c_uint16",
+    "s16": "ctypes.c_int16",
+    "u32": "ctypes.c_uint32",
+    "s32": "ctypes.c_int32",
+    "u64": "ctypes.c_uint64",
+    "s64": "ctypes.c_int64",
+    "ptr": "ctypes.c_uint64",
+}
+
+
+def py_str(text: str, indent: int, lead: int = 0, width: int = 108) -> str:
+    """A Python literal for ``text`` starting ``lead`` columns after ``indent``.
+
+    Too long for one line, it becomes implicitly joined chunks in parentheses,
+    so that generated code keeps to the project's line length.
+    """
+    literal = json.dumps(text)
+    if indent + lead + len(literal) <= width:
+        return literal
+    chunks, current = [], ""
+    for word in re.findall(r"\S+\s*", text):
+        if current and indent + 4 + len(json.dumps(current + word)) > width:
+            chunks.append(current)
+            current = ""
+        current += word
+    chunks.append(current)
+    pad = " " * (indent + 4)
+    return "(\n" + "\n".join(pad + json.dumps(chunk) for chunk in chunks) + "\n" + " " * indent + ")"
+
+
+def _py_comment(text: str, indent: int = 0) -> list[str]:
+    pad = " " * indent
+    return [f"{pad}#: {line}".rstrip() for line in _wrap(text, 100 - indent)]
+
+
+def _py_dir(direction: int) -> str:
+    names = [name for bit, name in ((IOC_READ, "IOC_READ"), (IOC_WRITE, "IOC_WRITE")) if direction & bit]
+    return " | ".join(names) if names else "IOC_NONE"
+
+
+def render_defs(model: Model) -> str:
+    """The generated ``emudev/uapi/defs.py``."""
+    body = [
+        *_py_families(model),
+        *_py_constants(model),
+        *_py_flagsets(model),
+        *_py_enums(model),
+        *_py_structs(model),
+        *_py_ioctls(model),
+        *_py_driver(model),
+    ]
+    used = {name for ioctl in model.ioctls.values() for name in _py_dir(ioctl.dir).split(" | ")}
+    imports = [*sorted(used), "EnumSpec", "FamilySpec", "FieldSpec", "FlagSet", "IoctlSpec", "UapiStruct"]
+    head = [
+        f"# Generated by `{GENERATOR}` from emudev/uapi/spec/*.yaml. Do not edit.",
+        '"""Python bindings of the uapi declared in ``emudev/uapi/spec/*.yaml``.',
+        "",
+        "Struct layouts, request numbers and flag values all come from the spec; edit the",
+        f"YAML and run ``{GENERATOR}``.",
+        '"""',
+        "",
+        "import ctypes",
+        "",
+        "from emudev.uapi.types import (",
+        *[f"    {name}," for name in imports],
+        ")",
+    ]
+    return "\n".join(head + body) + "\n"
+
+
+def _py_families(model: Model) -> list[str]:
+    lines = ["", "FAMILIES: dict[str, FamilySpec] = {"]
+    for family in model.families.values():
+        lines += [
+            f'    "{family.name}": FamilySpec(',
+            f'        name="{family.name}",',
+            f"        type={family.type:#x},",
+            f"        doc={py_str(family.doc, 8, 5)},",
+            f'        dispatch="{family.dispatch}",',
+            f'        unknown_errno="{family.unknown_errno}",',
+            f'        origin="{family.origin}",',
+            "    ),",
+        ]
+    return [*lines, "}"]
+
+
+def _py_constants(model: Model) -> list[str]:
+    lines: list[str] = []
+    for family in model.families.values():
+        lines += ["", "", f"# {family.name} " + "-" * (97 - len(family.name))]
+        for name in _family_value_names(model, family):
+            constant = model.constants[name]
+            lines += ["", *_py_comment(constant.doc), f"{name} = {fmt_int(constant.value)}"]
+        for ioctl in (model.ioctls[name] for name in family.ioctls):
+            lines += ["", *_py_comment(ioctl.doc), f"{ioctl.name} = {fmt_cmd(ioctl.cmd)}"]
+            for variant in ioctl.variants:
+                lines += [
+                    *_py_comment(variant.doc),
+                    f"{variant.name} = {fmt_cmd(ioctl.variant_cmd(variant))}",
+                ]
+    return lines
+
+
+def _family_value_names(model: Model, family: Family) -> list[str]:
+    """Constants a family defines, in spec order, each once even if several flag sets share it."""
+    names = list(family.constants)
+    for enum in family.enums:
+        names += model.enums[enum].members
+    for flagset in family.flagsets:
+        names += model.flagsets[flagset].members
+    return [name for name in dict.fromkeys(names) if model.constants[name].family == family.name]
+
+
+def _py_flagsets(model: Model) -> list[str]:
+    lines = ["", "", "FLAGSETS: dict[str, FlagSet] = {"]
+    for flagset in model.flagsets.values():
+        if flagset.mask is None:
+            raise SpecError(flagset.path, f"flag set {flagset.name} has no mask", "flags-mask")
+        lines += [
+            f'    "{flagset.name}": FlagSet(',
+            f'        name="{flagset.name}",',
+            *_py_members(flagset.members),
+            f"        mask={flagset.mask:#x},",
+            f"        doc={py_str(flagset.doc, 8, 5)},",
+            "    ),",
+        ]
+    return [*lines, "}"]
+
+
+def _py_members(names: Sequence[str]) -> list[str]:
+    """``members={...},`` for a FlagSet or EnumSpec, one entry per line when needed."""
+    entries = [f'"{name}": {name}' for name in names]
+    line = f"        members={{{', '.join(entries)}}},"
+    if len(line) <= 110:
+        return [line]
+    lines = ["        members={"]
+    for name, entry in zip(names, entries, strict=True):
+        fits = len(entry) + 13 <= 110
+        lines += (
+            [f"            {entry},"]
+            if fits
+            else [f'            "{name}": (', f"                {name}", "            ),"]
+        )
+    return [*lines, "        },"]
+
+
+def _py_enums(model: Model) -> list[str]:
+    lines = ["", "", "ENUMS: dict[str, EnumSpec] = {"]
+    for enum in model.enums.values():
+        lines += [
+            f'    "{enum.name}": EnumSpec(',
+            f'        name="{enum.name}",',
+            *_py_members(enum.members),
+            f"        doc={py_str(enum.doc, 8, 5)},",
+            "    ),",
+        ]
+    return [*lines, "}"]
+
+
+def _py_structs(model: Model) -> list[str]:
+    lines: list[str] = []
+    for struct in model.structs.values():
+        lines += [
+            "",
+            "",
+            f"class {struct.name}(UapiStruct):",
+            f"    _doc_ = {py_str(struct.doc, 4, len('_doc_ = '))}",
+            "    _fields_ = [",
+        ]
+        lines += [f'        ("{field.name}", {_ctype(field)}),' for field in struct.fields]
+        lines += ["    ]", "    _specs_ = ("]
+        for field in struct.fields:
+            lines += _py_fieldspec(field)
+        lines += ["    )", "", "", f"assert ctypes.sizeof({struct.name}) == {struct.size}"]
+    return lines
+
+
+def _ctype(field: Field) -> str:
+    return _CTYPES[field.base] + (f" * {field.count}" if field.count else "")
+
+
+def _py_fieldspec(field: Field) -> list[str]:
+    """``FieldSpec(name, type, offset, size, doc, flags, enum, is_pointer, direction)``, compactly."""
+    head = f'"{field.name}", "{field.type}", {field.offset}, {field.size}'
+    tail = f'{_py_opt(field.flags)}, {_py_opt(field.enum)}, {field.is_pointer}, "{field.direction}"'
+    line = f"        FieldSpec({head}, {json.dumps(field.doc)}, {tail}),"
+    if len(line) <= 110:
+        return [line]
+    return [
+        "        FieldSpec(",
+        f"            {head},",
+        f"            {py_str(field.doc, 12, 1)},",
+        f"            {tail},",
+        "        ),",
+    ]
+
+
+def _py_opt(value: str | None) -> str:
+    return "None" if value is None else json.dumps(value)
+
+
+def _py_ioctls(model: Model) -> list[str]:
+    lines = ["", "", "IOCTLS: tuple[IoctlSpec, ...] = ("]
+    for ioctl in model.ioctls.values():
+        lines += _py_ioctl(ioctl)
+    return [
+        *lines,
+        ")",
+        "IOCTLS_BY_NAME: dict[str, IoctlSpec] = {spec.name: spec for spec in IOCTLS}",
+    ]
+
+
+def _py_ioctl(ioctl: Ioctl) -> list[str]:
+    lines = [
+        "    IoctlSpec(",
+        f'        name="{ioctl.name}",',
+        f'        family="{ioctl.family}",',
+        f"        type={ioctl.type:#x},",
+        f"        nr={ioctl.nr:#04x},",
+        f"        dir={_py_dir(ioctl.dir)},",
+        f"        struct={ioctl.struct},",
+        f"        size={ioctl.size},",
+        f"        sizes={_py_tuple([str(size) for size in ioctl.sizes])},",
+        f"        cmd={ioctl.name},",
+        f"        permissions={_py_frozenset(ioctl.permissions)},",
+        "        errors=(",
+    ]
+    for errno_name, when in ioctl.errors:
+        lines.append(f'            ("{errno_name}", {py_str(when, 12, len(errno_name) + 5)}),')
+    variants = _py_tuple([f'("{variant.name}", {variant.size})' for variant in ioctl.variants])
+    return [
+        *lines,
+        "        ),",
+        f"        doc={py_str(ioctl.doc, 8, 5)},",
+        f"        requires={_py_frozenset(ioctl.requires)},",
+        f"        variants={variants},",
+        f"        by_value={ioctl.by_value},",
+        "    ),",
+    ]
+
+
+def _py_tuple(items: Sequence[str]) -> str:
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def _py_frozenset(names: Sequence[str]) -> str:
+    return "frozenset({" + ", ".join(f'"{name}"' for name in names) + "})" if names else "frozenset()"
+
+
+def _py_driver(model: Model) -> list[str]:
+    family = model.driver_family()
+    driver, (major, minor) = family.driver or {}, family.version or (0, 0)
+    entries = {
+        "name": driver["name"],
+        "desc": driver["desc"],
+        "date": driver["date"],
+        "major": major,
+        "minor": minor,
+        "patchlevel": driver.get("patchlevel", 0),
+    }
+    lines = [
+        "",
+        "",
+        "#: The strings and version DRM_IOCTL_VERSION reports.",
+        "DRIVER: dict[str, str | int] = {",
+    ]
+    lines += [f'    "{key}": {json.dumps(value)},' for key, value in entries.items()]
+    return [*lines, "}"]
+
+
+# --------------------------------------------------------------------------- C header
+
+_C_TYPES = {
+    "u8": "__u8",
+    "s8": "__s8",
+    "char": "char",
+    "u16": "__u16",
+    "s16": "__s16",
+    "u32": "__u32",
+    "s32": "__s32",
+    "u64": "__u64",
+    "s64": "__s64",
+    "ptr": "__u64",
+}
+_C_DIRS = {"io": "DRM_IO", "ior": "DRM_IOR", "iow": "DRM_IOW", "iowr": "DRM_IOWR"}
+
+
+def _c_define(name: str, value: str) -> str:
+    tabs = max(1, -(-(48 - len(f"#define {name}")) // 8))
+    return f"#define {name}" + "\t" * tabs + value
+
+
+def _c_doc(text: str, indent: str = "") -> list[str]:
+    """A kernel-doc comment block holding ``text``."""
+    return [f"{indent}/**", *[f"{indent} * {line}".rstrip() for line in _wrap(text, 76)], f"{indent} */"]
+
+
+def render_header(model: Model) -> str:
+    """The generated ``include/uapi/drm/emudev_accel.h``: this driver's uapi only."""
+    family = model.driver_family()
+    guard = "__DRM_UAPI_EMUDEV_ACCEL_H__"
+    lines = [
+        "/* SPDX-License-Identifier: MIT */",
+        "/*",
+        *[f" * {line}".rstrip() for line in _wrap(family.doc, 76)],
+        " *",
+        f" * Generated by `{GENERATOR}` from {family.path}. Do not edit.",
+        " */",
+        f"#ifndef {guard}",
+        f"#define {guard}",
+        "",
+        '#include "drm.h"',
+        "",
+        "#if defined(__KERNEL__)",
+        "#include <linux/stddef.h>",
+        "#else",
+        "#include <stddef.h>",
+        "#endif",
+        "",
+        "#if defined(__cplusplus)",
+        'extern "C" {',
+        "#endif",
+        *_c_ioctl_numbers(model, family),
+        *_c_values(model, family),
+        *_c_structs(model, family),
+        *_c_layout_checks(model, family),
+        "",
+        "#if defined(__cplusplus)",
+        "}",
+        "#endif",
+        "",
+        f"#endif /* {guard} */",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _c_ioctl_numbers(model: Model, family: Family) -> list[str]:
+    ioctls = [model.ioctls[name] for name in family.ioctls]
+    lines = [""]
+    lines += [_c_define(_c_index_macro(ioctl), f"{ioctl.index or 0:#04x}") for ioctl in ioctls]
+    lines.append("")
+    for ioctl in ioctls:
+        number = (
+            f"{_C_DIRS[ioctl.dir_name]}(DRM_COMMAND_BASE + {_c_index_macro(ioctl)}, struct {ioctl.struct})"
+        )
+        lines += [*_c_doc(f"{ioctl.name} - {ioctl.doc}"), _c_define(ioctl.name, number)]
+    return lines
+
+
+def _c_index_macro(ioctl: Ioctl) -> str:
+    return ioctl.name.replace("DRM_IOCTL_", "DRM_", 1)
+
+
+def _c_values(model: Model, family: Family) -> list[str]:
+    lines: list[str] = []
+    for name in family.constants:
+        constant = model.constants[name]
+        lines += ["", *_c_doc(f"{name} - {constant.doc}"), _c_define(name, fmt_int(constant.value))]
+    groups = [
+        *(model.enums[name] for name in family.enums),
+        *(model.flagsets[name] for name in family.flagsets),
+    ]
+    for group in groups:
+        lines += [
+            "",
+            "/*",
+            *[f" * {line}".rstrip() for line in _wrap(f"{group.name}: {group.doc}", 76)],
+            " */",
+        ]
+        for member in group.members:
+            constant = model.constants[member]
+            lines += [*_c_doc(f"{member} - {constant.doc}"), _c_define(member, fmt_int(constant.value))]
+    return lines
+
+
+def _c_structs(model: Model, family: Family) -> list[str]:
+    lines: list[str] = []
+    for struct in (model.structs[name] for name in family.structs):
+        lines += ["", *_c_doc(f"struct {struct.name} - {struct.doc}"), f"struct {struct.name} {{"]
+        for index, field in enumerate(struct.fields):
+            lines += ([""] if index else []) + _c_field(field)
+        lines.append("};")
+    return lines
+
+
+def _c_field(field: Field) -> list[str]:
+    notes = [f"enum {field.enum}" if field.enum else "", f"flags {field.flags}" if field.flags else ""]
+    notes += [f"user pointer to {field.points_to}" if field.points_to else "", field.direction]
+    doc = f"{field.doc} ({'; '.join(note for note in notes if note)})"
+    declarator = field.name + (f"[{field.count}]" if field.count else "")
+    return [*_c_doc(f"@{field.name}: {doc}", "\t"), f"\t{_C_TYPES[field.base]} {declarator};"]
+
+
+def _c_layout_checks(model: Model, family: Family) -> list[str]:
+    macro = "DRM_EMUDEV_STATIC_ASSERT"
+    lines = [
+        "",
+        "/*",
+        " * Layout checks: sizes and offsets computed from the spec. _Static_assert",
+        " * needs C11; C99 gets a negative-size array typedef, which is just as fatal.",
+        " */",
+        "#if defined(__cplusplus) && __cplusplus >= 201103L",
+        f"#define {macro}(expr, tag) static_assert(expr, #tag)",
+        "#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L",
+        f"#define {macro}(expr, tag) _Static_assert(expr, #tag)",
+        "#elif defined(__GNUC__)",
+        f"#define {macro}(expr, tag) \\",
+        "\ttypedef char drm_emudev_static_assert_##tag[(expr) ? 1 : -1] __attribute__((unused))",
+        "#else",
+        f"#define {macro}(expr, tag) \\",
+        "\ttypedef char drm_emudev_static_assert_##tag[(expr) ? 1 : -1]",
+        "#endif",
+    ]
+    for struct in (model.structs[name] for name in family.structs):
+        lines.append(f"{macro}(sizeof(struct {struct.name}) == {struct.size}, {struct.name}_size);")
+        for field in struct.fields:
+            check = f"offsetof(struct {struct.name}, {field.name}) == {field.offset}"
+            lines.append(f"{macro}({check}, {struct.name}_{field.name}_offset);")
+    return [*lines, f"#undef {macro}"]
+
+
+# --------------------------------------------------------------------------- reference documentation
+
+_DISPATCH_DOCS = {"nr": "`_IOC_NR`, any argument size", "cmd": "the whole request number"}
+_MD_ESCAPES = str.maketrans({"\\": "\\\\", "*": "\\*", "|": "\\|", "<": "&lt;", ">": "&gt;"})
+_PERMISSIONS_DOC = (
+    "Permissions are the `drm_ioctl_desc` flags: `render_allow` (allowed on render nodes), `auth` "
+    "(needs an authenticated client; on accel nodes only root is), `master`, `root_only` (CAP_SYS_ADMIN). "
+    "A violation gives EACCES. *Requires* lists driver features checked before the handler runs; a "
+    "missing one gives EOPNOTSUPP."
+)
+
+
+def md(text: str) -> str:
+    """Escape prose for Markdown paragraphs and table cells."""
+    return text.translate(_MD_ESCAPES)
+
+
+def render_docs(model: Model) -> str:
+    """The generated ``docs/uapi.md``."""
+    lines = [
+        "# emudev uapi reference",
+        "",
+        f"Generated by `{GENERATOR}` from `emudev/uapi/spec/*.yaml`. Do not edit.",
+        "",
+        "Request numbers are `dir << 30 | size << 16 | type << 8 | nr` (asm-generic, x86-64 and arm64); "
+        "sizes and offsets are for LP64. " + _PERMISSIONS_DOC,
+        "",
+    ]
+    lines += [f"- [{family.name}](#family-{family.name})" for family in model.families.values()]
+    for family in model.families.values():
+        lines += _md_family(model, family)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _md_family(model: Model, family: Family) -> list[str]:
+    lines = [
+        "",
+        f'<a id="family-{family.name}"></a>',
+        "",
+        f"## Family `{family.name}` (type `'{chr(family.type)}'` = {family.type:#04x}, {family.origin})",
+        "",
+        md(family.doc),
+        "",
+        f"Dispatched on {_DISPATCH_DOCS[family.dispatch]}; "
+        f"unknown requests fail with {family.unknown_errno}. Spec: `{family.path}`.",
+    ]
+    if family.driver is not None and family.version is not None:
+        driver = family.driver
+        lines += [
+            "",
+            f'Driver `{driver.get("name")}` ("{driver.get("desc")}", date "{driver.get("date")}"), '
+            f"uapi version {family.version[0]}.{family.version[1]}.",
+        ]
+    sections: list[tuple[str, Sequence[str], Callable[[Model, str], list[str]]]] = [
+        ("Ioctls", family.ioctls, _md_ioctl),
+        ("Structs", family.structs, _md_struct),
+        ("Flag sets", family.flagsets, _md_flagset),
+        ("Enums", family.enums, _md_enum),
+    ]
+    for title, names, render in sections:
+        if names:
+            lines += ["", f"### {title}"]
+            for name in names:
+                lines += render(model, name)
+    return lines + _md_constants(model, family)
+
+
+def _md_ioctl(model: Model, name: str) -> list[str]:
+    ioctl = model.ioctls[name]
+    struct = model.structs[ioctl.struct]
+    numbers = [f"`{fmt_cmd(ioctl.cmd)}`"] + [
+        f"`{variant.name}` = `{fmt_cmd(ioctl.variant_cmd(variant))}`" for variant in ioctl.variants
+    ]
+    argument = f"[`struct {struct.name}`](#struct-{struct.name})" + (
+        " (passed by value)" if ioctl.by_value else ""
+    )
+    lines = [
+        "",
+        f"#### `{ioctl.name}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Number | {', '.join(numbers)} |",
+        f"| nr | {ioctl.nr:#04x}"
+        + (f" (DRM_COMMAND_BASE + {ioctl.index:#04x})" if ioctl.index is not None else "")
+        + " |",
+        f"| Direction | `_{ioctl.dir_name.upper()}` |",
+        f"| Argument | {argument} |",
+        f"| Accepted sizes | {', '.join(map(str, ioctl.sizes))} |",
+        f"| Permissions | {', '.join(ioctl.permissions) or 'none'} |",
+        f"| Requires | {', '.join(ioctl.requires) or 'nothing'} |",
+        "",
+        md(ioctl.doc),
+    ]
+    if ioctl.errors:
+        lines += ["", "| errno | when |", "|---|---|"]
+        lines += [f"| {errno_name} | {md(when)} |" for errno_name, when in ioctl.errors]
+    return lines
+
+
+def _md_struct(model: Model, name: str) -> list[str]:
+    struct = model.structs[name]
+    sizes = f"{struct.size} bytes" + (
+        f", older sizes {', '.join(map(str, struct.sizes[:-1]))}" if len(struct.sizes) > 1 else ""
+    )
+    lines = [
+        "",
+        f'<a id="struct-{struct.name}"></a>',
+        "",
+        f"#### `struct {struct.name}` ({sizes})",
+        "",
+        md(struct.doc),
+    ]
+    if struct.waive:
+        rules = ", ".join(f"`{rule}`" for rule in struct.waive)
+        lines += ["", f"Kernel ABI exemption from {rules}: {md(struct.waive_why)}"]
+    lines += ["", "| offset | type | name | dir | doc |", "|---|---|---|---|---|"]
+    lines += [_md_field_row(field) for field in struct.fields]
+    return lines
+
+
+def _md_field_row(field: Field) -> str:
+    notes = [f"flags: `{field.flags}`" if field.flags else "", f"enum: `{field.enum}`" if field.enum else ""]
+    notes += [
+        f"points to `{field.points_to}`" if field.points_to else "",
+        f"since {md(field.since)}" if field.since else "",
+    ]
+    notes += [f"kernel type `{field.kernel_c_type}`" if field.kernel_c_type else ""]
+    notes += ["implicit in the kernel header" if field.kernel_implicit else ""]
+    extra = "; ".join(note for note in notes if note)
+    doc = md(field.doc) + (f" ({extra})" if extra else "")
+    return f"| {field.offset} | `{field.type}` | `{field.name}` | {field.direction} | {doc} |"
+
+
+def _md_flagset(model: Model, name: str) -> list[str]:
+    flagset = model.flagsets[name]
+    mask = "none" if flagset.mask is None else f"`{flagset.mask:#x}`"
+    lines = ["", f"#### `{flagset.name}` (mask {mask})", "", md(flagset.doc)]
+    return lines + _md_members(model, flagset.members, hexadecimal=True)
+
+
+def _md_enum(model: Model, name: str) -> list[str]:
+    enum = model.enums[name]
+    return ["", f"#### `{enum.name}`", "", md(enum.doc), *_md_members(model, enum.members, hexadecimal=False)]
+
+
+def _md_members(model: Model, members: Sequence[str], *, hexadecimal: bool) -> list[str]:
+    if not members:
+        return ["", "No members."]
+    lines = ["", "| name | value | doc |", "|---|---|---|"]
+    for member in members:
+        constant = model.constants[member]
+        value = f"{constant.value:#x}" if hexadecimal else fmt_int(constant.value)
+        lines.append(f"| `{member}` | `{value}` | {md(constant.doc)} |")
+    return lines
+
+
+def _md_constants(model: Model, family: Family) -> list[str]:
+    if not family.constants:
+        return []
+    lines = ["", "### Constants", "", "| name | value | doc |", "|---|---|---|"]
+    for name in family.constants:
+        constant = model.constants[name]
+        lines.append(f"| `{name}` | `{fmt_int(constant.value)}` | {md(constant.doc)} |")
+    return lines
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def render_all(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
+    """Every generated file's text, keyed by its path relative to the repository root."""
+    model = build_model(documents)
+    return {DEFS_PATH: render_defs(model), HEADER_PATH: render_header(model), DOCS_PATH: render_docs(model)}
+
+
+def stale_outputs(outputs: Mapping[str, str], root: Path = REPO_ROOT) -> list[str]:
+    """Generated files whose committed text differs from ``outputs``."""
+    stale = []
+    for relative, text in outputs.items():
+        path = root / relative
+        if not path.exists() or path.read_text() != text:
+            stale.append(relative)
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=GENERATOR, description="Generate the uapi outputs from spec/*.yaml."
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 and name stale outputs instead of writing"
+    )
+    args = parser.parse_args(argv)
+    try:
+        outputs = render_all(load_documents())
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if args.check:
+        stale = stale_outputs(outputs)
+        for relative in stale:
+            print(f"{relative}: stale, run `{GENERATOR}`", file=sys.stderr)
+        return 1 if stale else 0
+    for relative, text in outputs.items():
+        path = REPO_ROOT / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
