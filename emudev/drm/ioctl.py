@@ -47,13 +47,22 @@ def ioctl_handler(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IoctlEntry:
     """A row of the table. `handler` is None for an ioctl of a DRIVER_* feature this
-    emulator does not provide: like the kernel's handlers for it, it answers EOPNOTSUPP."""
+    emulator does not provide: like the kernel's handlers for it, it answers EOPNOTSUPP.
+    The permission flags are unpacked once here because every request reads them."""
 
     spec: IoctlSpec
     handler: Handler | None
+    needs_root: bool
+    needs_auth: bool
+    master_only: bool
+
+    @classmethod
+    def of(cls, spec: IoctlSpec, handler: Handler | None) -> IoctlEntry:
+        p = spec.permissions
+        return cls(spec, handler, "root_only" in p, "auth" in p, "master" in p)
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,13 @@ class DrmDispatcher:
         for spec in defs.IOCTLS:
             if spec.family in families:
                 table = self.driver if defs.DRM_COMMAND_BASE <= spec.nr < DRM_COMMAND_END else self.core
-                table[spec.nr] = IoctlEntry(spec, _handlers.get(spec.name))
+                table[spec.nr] = IoctlEntry.of(spec, _handlers.get(spec.name))
 
     def lookup(self, nr: int) -> IoctlEntry | None:
         table = self.driver if defs.DRM_COMMAND_BASE <= nr < DRM_COMMAND_END else self.core
         return table.get(nr)
 
-    def dispatch(self, file: DrmFile, cmd: int, in_data: bytes, user: UserMemory) -> IoctlOutcome:
+    def dispatch(self, file: DrmFile, cmd: int, in_data: bytes | memoryview, user: UserMemory) -> IoctlOutcome:
         """Run one ioctl as drm_ioctl() would; never raises for bad input.
 
         The handler works on `kdata` in place, so bytes the caller sent beyond the
@@ -100,9 +109,10 @@ class DrmDispatcher:
         return IoctlOutcome(result, bytes(kdata[:out_size]))
 
     def _call(self, entry: IoctlEntry, file: DrmFile, args: UapiStruct, user: UserMemory) -> int:
-        denied = _permission_error(entry.spec, file) or _feature_error(entry.spec, file)
-        if denied:
-            return -denied
+        if _denied(entry, file):
+            return -errno.EACCES
+        if entry.spec.requires and not entry.spec.requires <= file.device.features:
+            return -errno.EOPNOTSUPP
         if entry.handler is None:
             log.error("%s: the device has its features but no handler", entry.spec.name)
             return -errno.EINVAL
@@ -122,17 +132,8 @@ def _transfer_sizes(cmd: int, spec: IoctlSpec) -> tuple[int, int]:
     return (size if both & IOC_WRITE else 0), (size if both & IOC_READ else 0)
 
 
-def _permission_error(spec: IoctlSpec, file: DrmFile) -> int:
+def _denied(entry: IoctlEntry, file: DrmFile) -> bool:
     """drm_ioctl_permit() for an accel file: not a render client, never the master."""
-    if "root_only" in spec.permissions and not file.client.cap_sys_admin:
-        return errno.EACCES
-    if "auth" in spec.permissions and not file.authenticated:
-        return errno.EACCES
-    if "master" in spec.permissions:
-        return errno.EACCES
-    return 0
-
-
-def _feature_error(spec: IoctlSpec, file: DrmFile) -> int:
-    missing = [f for f in spec.requires if not file.device.has_feature(f)]
-    return errno.EOPNOTSUPP if missing else 0
+    return (entry.master_only
+            or (entry.needs_root and not file.client.cap_sys_admin)
+            or (entry.needs_auth and not file.authenticated))

@@ -20,7 +20,7 @@ class AccelFile(OpenFile):
         self.dispatcher = dispatcher
 
     def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
-        outcome = self.dispatcher.dispatch(self.file, cmd, bytes(in_data), UserMemory(req.pid))
+        outcome = self.dispatcher.dispatch(self.file, cmd, in_data, UserMemory(req.pid))
         return IoctlResult(result=outcome.result, data=outcome.data)
 
     def release(self) -> None:
