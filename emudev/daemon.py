@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 
 from emudev import fuse
 from emudev.driver.drv import create_devices, create_dispatcher
+from emudev.drm.cpu_view import Invalidate
 from emudev.drm.device import DeviceConfig, DrmDevice
-from emudev.nodes.accel import accel_node
-from emudev.nodes.debugfs import DaemonInfo, clients_text, daemon_text, name_text
+from emudev.gem.dmabuf import DmaBufRegistry, DmaBufServices
+from emudev.gem.prime import Prime
+from emudev.nodes.accel import AccelNodes
+from emudev.nodes.debugfs import DaemonInfo, clients_text, daemon_text, gem_objects_text, name_text
 from emudev.nodes.fs import NodeFs
+from emudev.nodes.tickets import TicketDirectory
 from emudev.nodes.tree import InodeTable, text_file
 
 log = logging.getLogger("emudev.daemon")
@@ -36,18 +40,29 @@ class DaemonConfig:
     log_path: str = ""
 
 
-def build_tree(devices: list[DrmDevice], info: DaemonInfo) -> InodeTable:
-    inodes = InodeTable()
-    dispatcher = create_dispatcher()
-    accel_dir = inodes.mkdir(inodes.root, "accel")
-    debug_dir = inodes.mkdir(inodes.root, "debug")
-    inodes.add(debug_dir, text_file("daemon", lambda: daemon_text(info, devices)))
-    for device in devices:
-        inodes.add(accel_dir, accel_node(device, dispatcher))
-        device_debug = inodes.mkdir(debug_dir, device.name)
-        inodes.add(device_debug, text_file("clients", lambda d=device: clients_text(d)))
-        inodes.add(device_debug, text_file("name", lambda d=device: name_text(d)))
-    return inodes
+class MountTree:
+    """The files of a mount: accel nodes, fd tickets, debug files."""
+
+    def __init__(self, devices: list[DrmDevice], info: DaemonInfo,
+                 invalidate: Callable[[], Invalidate | None]) -> None:
+        self.inodes = InodeTable()
+        dispatcher = create_dispatcher()
+        accel_dir = self.inodes.mkdir(self.inodes.root, "accel")
+        self.tickets = TicketDirectory(self.inodes)
+        self.inodes.add(self.inodes.root, self.tickets)
+        debug_dir = self.inodes.mkdir(self.inodes.root, "debug")
+        self.inodes.add(debug_dir, text_file("daemon", lambda: daemon_text(info, devices)))
+        self.accel = [AccelNodes(d, dispatcher, self.inodes, accel_dir, invalidate) for d in devices]
+        for device in devices:
+            device_debug = self.inodes.mkdir(debug_dir, device.name)
+            self.inodes.add(device_debug, text_file("clients", lambda d=device: clients_text(d)))
+            self.inodes.add(device_debug, text_file("name", lambda d=device: name_text(d)))
+            self.inodes.add(device_debug, text_file("gem_objects", lambda d=device: gem_objects_text(d)))
+
+    def sweep(self) -> None:
+        self.tickets.sweep()
+        for nodes in self.accel:
+            nodes.sweep()
 
 
 class Daemon:
@@ -56,15 +71,40 @@ class Daemon:
         self.mountpoint = os.path.abspath(config.mountpoint)
         self.devices = create_devices(config.devices, config.device)
         info = DaemonInfo(self.mountpoint, time.monotonic(), config.log_path, config.workers)
-        self.fs = NodeFs(build_tree(self.devices, info))
+        self.session: fuse.Session | None = None
+        self.tree = MountTree(self.devices, info, invalidate=self._invalidator)
+        self.fs = NodeFs(self.tree.inodes)
         self._stopping = threading.Event()
+
+    def _invalidator(self) -> Invalidate | None:
+        session = self.session
+        if session is None:
+            return None
+        return lambda nodeid, offset, length, then: session.notify_inval_inode(nodeid, offset, length, then=then)
+
+    def _attach_prime(self, session: fuse.Session) -> None:
+        passthrough = session.conn is not None and session.conn.passthrough
+        registry = DmaBufRegistry(DmaBufServices(backing_open=session.backing_open if passthrough else None,
+                                                 backing_close=session.backing_close))
+        prime = Prime(registry, self.tree.tickets, fuse.mount_id(self.mountpoint))
+        for device in self.devices:
+            device.prime = prime
+
+    def _janitor(self) -> None:
+        while not self._stopping.wait(0.5):
+            self.tree.sweep()
 
     def run(self, ready: Callable[[], None]) -> None:
         """Mount, report readiness, serve until the kernel ends the connection."""
-        fd = fuse.mount(self.mountpoint, allow_other=os.geteuid() == 0)
-        session = fuse.Session(fd, self.fs, workers=self.config.workers)
+        root = os.geteuid() == 0
+        fd = fuse.mount(self.mountpoint, allow_other=root)
+        session = self.session = fuse.Session(fd, self.fs, workers=self.config.workers, passthrough=root,
+                                              max_readahead=0)
         server = threading.Thread(target=session.serve, name="fuse-serve", daemon=True)
         server.start()
+        session.wait_initialised()
+        self._attach_prime(session)
+        threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.stop())
         log.info("serving %d device(s) at %s", len(self.devices), self.mountpoint)

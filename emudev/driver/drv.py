@@ -10,9 +10,9 @@ from emudev.driver import params  # noqa: F401  (registers the driver ioctl hand
 from emudev.drm import core  # noqa: F401  (registers the core ioctl handlers)
 from emudev.drm.device import DeviceConfig, DrmDevice
 from emudev.drm.ioctl import DrmDispatcher
-from emudev.gem import prime  # noqa: F401  (registers the PRIME handlers)
+from emudev.gem import dmabuf, gem, prime  # noqa: F401  (register the GEM, PRIME and dma-buf handlers)
 
-DRIVER_FEATURES = frozenset({"compute_accel"})
+DRIVER_FEATURES = frozenset({"compute_accel", "gem"})
 
 
 def create_devices(count: int, config: DeviceConfig) -> list[DrmDevice]:

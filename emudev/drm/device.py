@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from emudev.drm.file import ClientIdentity, DrmFile
+from emudev.gem.device import GemDevice
+
+if TYPE_CHECKING:
+    from emudev.gem.prime import Prime
 
 DEFAULT_MEMORY_SIZE = 1 << 30
 
@@ -28,8 +33,13 @@ class DrmDevice:
     config: DeviceConfig = field(default_factory=DeviceConfig)
     features: frozenset[str] = frozenset({"compute_accel"})
     unplugged: bool = False
+    gem: GemDevice = field(init=False)
+    prime: Prime | None = None  # set by the daemon once the mount exists
     _files: dict[int, DrmFile] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.gem = GemDevice(self.name, self.config.memory_size)
 
     @property
     def name(self) -> str:

@@ -11,6 +11,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from emudev.drm.cpu_view import CpuView
+from emudev.engine.vm import AddressSpace
 from emudev.gem.handles import HandleTable
 
 _CAP_SYS_ADMIN = 21
@@ -44,6 +46,11 @@ def _proc_status(pid: int) -> dict[str, str]:
         return {}
 
 
+def thread_group(pid: int) -> int:
+    """The process (tgid) a FUSE request's pid, which may be a thread, belongs to."""
+    return int(_proc_status(pid).get("Tgid", pid))
+
+
 def _proc_comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -65,6 +72,11 @@ class DrmFile:
     id: int = field(default_factory=lambda: next(_ids))
     client_name: str | None = None
     objects: HandleTable = field(default_factory=HandleTable)
+    # PRIME's per-file lookup (drm_prime_file_private), both ways: handle <-> dma-buf.
+    prime: dict = field(default_factory=dict)
+    prime_handles: dict = field(default_factory=dict)
+    vm: AddressSpace = field(default_factory=AddressSpace)
+    cpu_view: CpuView = field(default_factory=lambda: CpuView(None))
     opened_at: float = field(default_factory=time.monotonic)
     ioctl_count: int = 0
 

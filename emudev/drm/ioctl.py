@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from emudev.drm.completion import Completion
 from emudev.drm.file import DrmFile
 from emudev.drm.usermem import UserMemory
 from emudev.uapi import defs
@@ -27,7 +28,7 @@ from emudev.uapi.types import IOC_READ, IOC_WRITE, IoctlSpec, UapiStruct, ioc_di
 
 log = logging.getLogger("emudev.ioctl")
 
-Handler = Callable[[DrmFile, UapiStruct, UserMemory], int]
+Handler = Callable[[DrmFile, UapiStruct, UserMemory], int | Completion]
 
 DRM_COMMAND_END = 0xA0
 _handlers: dict[str, Handler] = {}
@@ -67,10 +68,21 @@ class IoctlEntry:
 
 @dataclass(frozen=True)
 class IoctlOutcome:
-    """What goes back to the caller: the ioctl's return value (or -errno) and the struct bytes."""
+    """What goes back to the caller: the ioctl's return value (or -errno) and the struct bytes.
+
+    With `later` set the handler has not finished: the reply is `later`'s result and
+    `finish()`'s bytes, once `later` completes.
+    """
 
     result: int
     data: bytes
+    later: Completion | None = None
+    kdata: bytearray | None = None
+    out_size: int = 0
+
+    def finish(self) -> bytes:
+        assert self.kdata is not None
+        return bytes(self.kdata[: self.out_size])
 
 
 class DrmDispatcher:
@@ -106,9 +118,11 @@ class DrmDispatcher:
         kdata = bytearray(max(in_size, out_size, entry.spec.size))
         kdata[:in_size] = in_data[:in_size]
         result = self._call(entry, file, entry.spec.struct.from_buffer(kdata), user)
+        if isinstance(result, Completion):
+            return IoctlOutcome(0, b"", later=result, kdata=kdata, out_size=out_size)
         return IoctlOutcome(result, bytes(kdata[:out_size]))
 
-    def _call(self, entry: IoctlEntry, file: DrmFile, args: UapiStruct, user: UserMemory) -> int:
+    def _call(self, entry: IoctlEntry, file: DrmFile, args: UapiStruct, user: UserMemory) -> int | Completion:
         if _denied(entry, file):
             return -errno.EACCES
         if entry.spec.requires and not entry.spec.requires <= file.device.features:
@@ -137,3 +151,39 @@ def _denied(entry: IoctlEntry, file: DrmFile) -> bool:
     return (entry.master_only
             or (entry.needs_root and not file.client.cap_sys_admin)
             or (entry.needs_auth and not file.authenticated))
+
+
+class CommandTable:
+    """Ioctls of a non-DRM file (dma-buf, sync_file, sw_sync): matched on the whole
+    request number as those drivers' switch statements do; anything else is ENOTTY."""
+
+    def __init__(self, family: str) -> None:
+        self.family = defs.FAMILIES[family]
+        self._entries: dict[int, tuple[IoctlSpec, Handler]] = {}
+        for spec in defs.IOCTLS:
+            if spec.family == family and spec.name in _handlers:
+                for cmd in spec.cmds:
+                    self._entries[cmd] = (spec, _handlers[spec.name])
+
+    def dispatch(self, owner: object, cmd: int, arg: int, in_data: bytes | memoryview,
+                 user: UserMemory) -> IoctlOutcome:
+        """`arg` is the raw ioctl argument, which by-value requests (DMA_BUF_SET_NAME) use as is."""
+        entry = self._entries.get(cmd)
+        if entry is None:
+            return IoctlOutcome(-errno.ENOTTY, b"")
+        spec, handler = entry
+        size = ioc_size(cmd)
+        kdata = bytearray(max(size, spec.size))
+        if spec.by_value:
+            kdata[:spec.size] = arg.to_bytes(spec.size, "little")
+        else:
+            kdata[:size] = in_data[:size]
+        try:
+            result = handler(owner, spec.struct.from_buffer(kdata), user)
+        except OSError as e:
+            result = -(e.errno or errno.EINVAL)
+        except Exception:
+            log.exception("%s failed", spec.name)
+            result = -errno.EINVAL
+        out = size if ioc_dir(cmd) & IOC_READ else 0
+        return IoctlOutcome(result, bytes(kdata[:out]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -26,6 +27,7 @@ for _name in ("process_vm_readv", "process_vm_writev"):
 
 # Largest single transfer: bounds what one ioctl can make the daemon allocate.
 MAX_TRANSFER = 64 << 20
+PAGE_SIZE = mmap.PAGESIZE
 
 
 class UserMemory:
@@ -50,6 +52,19 @@ class UserMemory:
         self._check_range(address, len(data))
         buf = ctypes.create_string_buffer(bytes(data), len(data))
         self._transfer(_libc.process_vm_writev, ctypes.addressof(buf), address, len(data))
+
+    def read_string(self, address: int, limit: int) -> bytes:
+        """strndup_user(): the NUL-terminated string at `address`, EINVAL if longer than
+        `limit` bytes with its NUL, EFAULT if unreadable. Reads page by page, as a string
+        may end just before an unmapped page."""
+        data = b""
+        while len(data) <= limit:
+            chunk = min(limit + 1 - len(data), PAGE_SIZE - (address + len(data)) % PAGE_SIZE)
+            data += self.read(address + len(data), chunk)
+            end = data.find(b"\0")
+            if end >= 0:
+                return data[:end]
+        raise OSError(errno.EINVAL, "string too long")
 
     @staticmethod
     def _check_range(address: int, size: int) -> None:

@@ -5,7 +5,7 @@ returns the value types below, or ``DEFERRED`` to answer later through the
 ``Request``.
 """
 
-from emudev.fuse.mount import MountError, is_mounted, mount, unmount
+from emudev.fuse.mount import MountError, is_mounted, mount, mount_id, unmount
 from emudev.fuse.ops import (
     DEFERRED,
     Attr,
@@ -37,5 +37,6 @@ __all__ = [
     "StatFs",
     "is_mounted",
     "mount",
+    "mount_id",
     "unmount",
 ]

@@ -158,3 +158,13 @@ def _umount_error(err: int, path: str) -> MountError:
         errno.EPERM: f"unmounting {path} needs CAP_SYS_ADMIN: run as root, or use {_FUSERMOUNT} -u",
     }
     return MountError(err, messages.get(err, f"umount2 of {path} failed: {os.strerror(err)}"))
+
+
+def mount_id(mountpoint: str) -> int:
+    """The mount's id as /proc/*/fdinfo reports it (mnt_id) for files opened through it."""
+    target = os.fsencode(os.path.realpath(mountpoint))
+    with open("/proc/self/mountinfo", "rb") as f:
+        ids = [int(line.split(b" ")[0]) for line in f if _unescape(line.split(b" ")[4]) == target]
+    if not ids:
+        raise MountError(errno.ENOENT, f"{mountpoint} is not mounted")
+    return ids[-1]

@@ -20,12 +20,13 @@ log = logging.getLogger("emudev.fuse")
 
 
 class _Job:
-    __slots__ = ("done", "error", "iov")
+    __slots__ = ("done", "error", "iov", "then")
 
-    def __init__(self, iov: list[Buffer], wait: bool) -> None:
+    def __init__(self, iov: list[Buffer], wait: bool, then: Callable[[], None] | None) -> None:
         self.iov = iov
         self.done = threading.Event() if wait else None
         self.error: OSError | None = None
+        self.then = then
 
 
 class Notifier:
@@ -38,12 +39,16 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def send(self, iov: list[Buffer], *, wait: bool) -> None:
-        """Queue one message; with ``wait``, return once the kernel took it (raising its error)."""
+    def send(self, iov: list[Buffer], *, wait: bool, then: Callable[[], None] | None = None) -> None:
+        """Queue one message; with ``wait``, return once the kernel took it (raising its error).
+
+        ``then`` runs on the notifier thread once the kernel is done with the message,
+        which lets a worker defer a reply until, say, dirty pages were written back.
+        """
         if wait and not self._may_block():
             raise RuntimeError("a FUSE worker cannot wait for a notification: the kernel may need "
                                "that worker to answer the requests the notification causes")
-        job = _Job(iov, wait)
+        job = _Job(iov, wait, then)
         self._start()
         self._queue.put(job)
         if job.done is not None:
@@ -75,3 +80,8 @@ class Notifier:
                     log.warning("notification not delivered: %s", e)
             if job.done is not None:
                 job.done.set()
+            if job.then is not None:
+                try:
+                    job.then()
+                except Exception:
+                    log.exception("notification follow-up failed")

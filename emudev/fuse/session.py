@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Callable
 
 from emudev.fuse import abi
 from emudev.fuse.dispatch import HANDLERS, NO_REPLY
@@ -46,14 +47,17 @@ class Session:
     was granted.
     """
 
-    def __init__(self, fd: int, ops: Operations, *, workers: int = 2, passthrough: bool = False) -> None:
+    def __init__(self, fd: int, ops: Operations, *, workers: int = 2, passthrough: bool = False,
+                 max_readahead: int | None = None) -> None:
         if workers < 1:
             raise ValueError("at least one worker is needed")
         self.fd = fd
         self.ops = ops
         self.workers = workers
         self.passthrough = passthrough
+        self.max_readahead = max_readahead
         self.conn: ConnInfo | None = None
+        self._initialised = threading.Event()
         self.pending = PendingRequests()
         self._local = threading.local()
         self._notifier = Notifier(fd, may_block=lambda: not self._in_worker())
@@ -88,6 +92,12 @@ class Session:
             self.destroy_once()
             with self._state_lock:
                 self._serving = False
+
+    def wait_initialised(self, timeout: float = 10.0) -> ConnInfo:
+        """Block until INIT was negotiated (the kernel sends it right after the mount)."""
+        if not self._initialised.wait(timeout) or self.conn is None:
+            raise TimeoutError("the kernel sent no FUSE INIT")
+        return self.conn
 
     def close(self) -> None:
         """Release the device descriptor; replies still in flight become no-ops.
@@ -173,6 +183,7 @@ class Session:
         init = getattr(self.ops, "init", None)
         if init is not None:
             init(conn)
+        self._initialised.set()
         return abi.INIT_OUT.pack(conn.proto_major, conn.proto_minor, conn.max_readahead,
                                  conn.flags & 0xFFFFFFFF, 0, 0, conn.max_write, 1, conn.max_pages, 0,
                                  conn.flags >> 32, 1 if conn.passthrough else 0)
@@ -191,7 +202,8 @@ class Session:
         max_pages = MAX_PAGES if flags & abi.MAX_PAGES else _DEFAULT_MAX_PAGES
         return ConnInfo(
             proto_major=abi.KERNEL_VERSION, proto_minor=min(kernel_minor, abi.KERNEL_MINOR_VERSION),
-            kernel_minor=kernel_minor, kernel_flags=kernel_flags, flags=flags, max_readahead=max_readahead,
+            kernel_minor=kernel_minor, kernel_flags=kernel_flags, flags=flags,
+            max_readahead=max_readahead if self.max_readahead is None else min(max_readahead, self.max_readahead),
             max_write=max_pages * PAGE_SIZE, max_pages=max_pages, passthrough=bool(flags & abi.PASSTHROUGH))
 
     def destroy_once(self) -> None:
@@ -220,7 +232,7 @@ class Session:
         write_message(self.fd, self._notification(abi.NotifyCode.POLL, abi.NOTIFY_POLL_WAKEUP_OUT.pack(kh)))
 
     def notify_inval_inode(self, nodeid: int, offset: int = 0, length: int = 0, *,
-                           wait: bool = False) -> None:
+                           wait: bool = False, then: Callable[[], None] | None = None) -> None:
         """Drop the kernel's cached pages of ``nodeid`` in [offset, offset+length) (length 0: to the end;
         offset < 0: attributes only), writing dirty pages back first.
 
@@ -228,15 +240,16 @@ class Session:
         is refused on a worker thread, which the kernel may need for the writeback.
         """
         self._notifier.send(self._notification(abi.NotifyCode.INVAL_INODE, abi.NOTIFY_INVAL_INODE_OUT.pack(
-            nodeid, offset, length)), wait=wait)
+            nodeid, offset, length)), wait=wait, then=then)
 
-    def notify_store(self, nodeid: int, offset: int, data: bytes, *, wait: bool = False) -> None:
+    def notify_store(self, nodeid: int, offset: int, data: bytes, *, wait: bool = False,
+                     then: Callable[[], None] | None = None) -> None:
         """Put ``data`` into the kernel's page cache of ``nodeid`` at ``offset``; existing mappings see it.
 
         Same threading rules as ``notify_inval_inode``.
         """
         self._notifier.send(self._notification(abi.NotifyCode.STORE, abi.NOTIFY_STORE_OUT.pack(
-            nodeid, offset, len(data), 0), bytes(data)), wait=wait)
+            nodeid, offset, len(data), 0), bytes(data)), wait=wait, then=then)
 
     # Passthrough backing files
 

@@ -1,0 +1,1 @@
+"""GEM: buffer objects, their handles, fake mmap offsets, PRIME and dma-buf."""

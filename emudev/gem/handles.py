@@ -32,6 +32,21 @@ class HandleTable(Generic[T]):
             self._objects[handle] = obj
             return handle
 
+    def insert_at(self, handle: int, obj: T) -> bool:
+        """Put `obj` at exactly `handle`; False if that number is taken."""
+        with self._lock:
+            if handle in self._objects:
+                return False
+            if handle in self._free:
+                self._free.remove(handle)
+                heapq.heapify(self._free)
+            while self._next <= handle:
+                if self._next != handle:
+                    heapq.heappush(self._free, self._next)
+                self._next += 1
+            self._objects[handle] = obj
+            return True
+
     def lookup(self, handle: int) -> T | None:
         with self._lock:
             return self._objects.get(handle)

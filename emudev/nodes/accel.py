@@ -1,37 +1,128 @@
-"""The accel/accelN node: each open() is a DrmFile, each ioctl goes to the DRM dispatcher."""
+"""The accel/accelN node: each open() is a DrmFile, each ioctl goes to the DRM dispatcher.
+
+`accel/accelN` is a symlink that resolves, on every path walk, to a fresh hidden
+node of its own (`accel/.accelN.<k>`), so every open file has its own inode. That
+is what keeps CPU mappings through the device fd private: the kernel's page cache
+belongs to an inode, and pages one client faulted in are never served to another.
+"""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
+import threading
+import time
+from collections.abc import Callable
 
+from emudev.drm.cpu_view import CpuView, Invalidate
 from emudev.drm.device import DrmDevice
 from emudev.drm.file import ClientIdentity, DrmFile
-from emudev.drm.ioctl import DrmDispatcher
+from emudev.drm.ioctl import DrmDispatcher, IoctlOutcome
 from emudev.drm.usermem import UserMemory
-from emudev.fuse import IoctlResult, Request
-from emudev.nodes.tree import DeviceFile, OpenFile
+from emudev.fuse import DEFERRED, Deferred, IoctlResult, Request
+from emudev.gem.gem import release_file
+from emudev.nodes.tree import DeviceFile, Directory, InodeTable, OpenFile, Symlink
 
 log = logging.getLogger("emudev.accel")
 
+# mmap() refuses offsets beyond st_size; fake offsets go up to here.
+NODE_SIZE = 1 << 60
+# A per-open node nobody opened within this time (a stat(), a readlink) is dropped.
+UNOPENED_TIMEOUT = 10.0
+
 
 class AccelFile(OpenFile):
+    direct_io = False
+
     def __init__(self, file: DrmFile, dispatcher: DrmDispatcher) -> None:
         self.file = file
         self.dispatcher = dispatcher
 
-    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
+    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult | Deferred:
         outcome = self.dispatcher.dispatch(self.file, cmd, in_data, UserMemory(req.pid))
-        return IoctlResult(result=outcome.result, data=outcome.data)
+        if outcome.later is None:
+            return IoctlResult(result=outcome.result, data=outcome.data)
+        return defer(req, outcome)
+
+    def _accessible(self, offset: int) -> tuple[memoryview, int]:
+        """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible."""
+        found = self.file.device.gem.offsets.find(offset)
+        if found is None or not self.file.vm.address_of(found[0]):
+            raise OSError(errno.EINVAL, "no BO of this file at that offset")
+        obj, position = found
+        return obj.memory.view(), position
+
+    def read(self, req: Request, offset: int, size: int) -> bytes:
+        """A page fault of a mapping; past the BO's end (its guard range) reads zeros, never short."""
+        memory, position = self._accessible(offset)
+        return bytes(memory[position: position + size]).ljust(size, b"\0")
+
+    def write(self, req: Request, offset: int, data: memoryview) -> int:
+        """Write-back of dirty mapped pages into the BO."""
+        memory, position = self._accessible(offset)
+        end = min(position + len(data), len(memory))
+        memory[position:end] = data[: end - position]
+        return len(data)
 
     def release(self) -> None:
+        release_file(self.file)
         self.file.device.release_file(self.file)
         log.debug("%s: file %d of pid %d closed", self.file.device.name, self.file.id, self.file.client.tgid)
 
 
-def accel_node(device: DrmDevice, dispatcher: DrmDispatcher) -> DeviceFile:
-    def open_accel(req: Request, flags: int) -> AccelFile:
-        file = device.open_file(ClientIdentity.of(req.pid, req.uid))
-        log.debug("%s: file %d opened by pid %d", device.name, file.id, file.client.tgid)
-        return AccelFile(file, dispatcher)
+def defer(req: Request, outcome: IoctlOutcome) -> Deferred:
+    """Reply when the handler's completion finishes; an interrupted caller gets EINTR."""
+    later = outcome.later
+    assert later is not None
+    later.on_done(lambda result: req.reply_ioctl(result, outcome.finish()))
+    req.on_interrupt(lambda _req: later.complete(-errno.EINTR))
+    return DEFERRED
 
-    return DeviceFile(name=device.name, opener=open_accel)
+
+class AccelNodes:
+    """The symlink accel/accelN of one device and the per-open nodes it resolves to."""
+
+    def __init__(self, device: DrmDevice, dispatcher: DrmDispatcher, inodes: InodeTable, directory: Directory,
+                 invalidate: Callable[[], Invalidate | None]) -> None:
+        self.device = device
+        self.dispatcher = dispatcher
+        self.inodes = inodes
+        self.directory = directory
+        self.invalidate = invalidate
+        self._serial = itertools.count(1)
+        self._unopened: dict[DeviceFile, float] = {}
+        self._lock = threading.Lock()
+        inodes.add(directory, Symlink(name=device.name, target=self._new_node))
+
+    def _new_node(self, req: Request) -> str:
+        node = DeviceFile(name=f".{self.device.name}.{next(self._serial)}", file_size=NODE_SIZE, transient=True,
+                          entry_timeout=0.0)
+        node.opener = self._opener(node)
+        self.inodes.add(self.directory, node, listed=False)
+        with self._lock:
+            self._unopened[node] = time.monotonic()
+        return node.name
+
+    def _opener(self, node: DeviceFile) -> Callable[[Request, int], AccelFile]:
+        def open_accel(req: Request, flags: int) -> AccelFile:
+            with self._lock:
+                if self._unopened.pop(node, None) is None:
+                    raise OSError(errno.ENOENT, "this node was already opened; open accel/accelN")
+            self.inodes.unlink(node)
+            file = self.device.open_file(ClientIdentity.of(req.pid, req.uid))
+            file.cpu_view = CpuView(self.invalidate(), node.ino)
+            log.debug("%s: file %d opened by pid %d", self.device.name, file.id, file.client.tgid)
+            return AccelFile(file, self.dispatcher)
+
+        return open_accel
+
+    def sweep(self) -> None:
+        """Drop per-open nodes that a stat() or readlink made but nobody opened."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [n for n, made in self._unopened.items() if now - made > UNOPENED_TIMEOUT]
+            for node in stale:
+                del self._unopened[node]
+        for node in stale:
+            self.inodes.unlink(node)

@@ -32,6 +32,20 @@ def clients_text(device: DrmDevice) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gem_objects_text(device: DrmDevice) -> str:
+    """Every live BO of the device: who holds it, whether it is exported, and the totals."""
+    gem = device.gem
+    lines = [f"{'id':>6} {'size':>12} {'handles':>7} {'name':>5} {'exported':>8} {'backed':>6}  holders"]
+    objects = gem.live_objects()
+    for obj in objects:
+        holders = ",".join(f"{k}:{n}" for k, n in sorted(obj.holders().items()))
+        lines.append(f"{obj.id:>6} {obj.size:>12} {obj.handle_count:>7} {obj.name:>5} "
+                     f"{'yes' if obj.dma_buf else 'no':>8} {'yes' if obj.memory.allocated else 'no':>6}  {holders}")
+    lines.append(f"total: {len(objects)} objects, {sum(o.size for o in objects)} bytes; "
+                 f"device memory {gem.memory.used} of {gem.memory.capacity} bytes in use")
+    return "\n".join(lines) + "\n"
+
+
 def name_text(device: DrmDevice) -> str:
     return f"emudev dev={device.name} unplugged={'yes' if device.unplugged else 'no'}\n"
 

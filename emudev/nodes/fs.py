@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 
 from emudev.fuse import Attr, DirEntry, Entry, IoctlResult, Opened, Operations, Request, StatFs
-from emudev.nodes.tree import DeviceFile, Directory, InodeTable, Node, OpenFile
+from emudev.nodes.tree import DeviceFile, Directory, InodeTable, Node, OpenFile, Symlink
 
 log = logging.getLogger("emudev.fs")
 
@@ -44,11 +44,20 @@ class NodeFs(Operations):
     # lookups and attributes
 
     def lookup(self, req: Request, parent: int, name: bytes) -> Entry:
-        node = self.inodes.child(parent, os.fsdecode(name))
-        return Entry(nodeid=node.ino, attr=self.attr(node))
+        directory = self.inodes.get(parent)
+        resolver = getattr(directory, "resolve", None)
+        node = resolver(req, os.fsdecode(name)) if resolver else self.inodes.child(parent, os.fsdecode(name))
+        self.inodes.looked_up(node)
+        return Entry(nodeid=node.ino, attr=self.attr(node), entry_timeout=node.entry_timeout)
 
     def forget(self, nodeid: int, nlookup: int) -> None:
-        """Static nodes outlive every lookup; nothing to drop."""
+        self.inodes.forget(nodeid, nlookup)
+
+    def readlink(self, req: Request, nodeid: int) -> bytes:
+        node = self.inodes.get(nodeid)
+        if not isinstance(node, Symlink):
+            raise OSError(errno.EINVAL, "not a symlink")
+        return os.fsencode(node.readlink(req))
 
     def getattr(self, req: Request, nodeid: int, fh: int | None) -> Attr:
         return self.attr(self.inodes.get(nodeid))
@@ -87,7 +96,8 @@ class NodeFs(Operations):
         fh = next(self._fh)
         with self._lock:
             self._open[fh] = opened
-        return Opened(fh=fh, direct_io=opened.direct_io)
+        return Opened(fh=fh, direct_io=opened.direct_io, keep_cache=opened.keep_cache,
+                      passthrough_backing_id=opened.backing_id)
 
     def _file(self, fh: int) -> OpenFile:
         with self._lock:

@@ -23,6 +23,8 @@ class OpenFile:
     """What an open() of a node returns; the defaults are those of a file without the op."""
 
     direct_io = True
+    keep_cache = False
+    backing_id: int | None = None
 
     def read(self, req: Request, offset: int, size: int) -> bytes:
         raise OSError(errno.EINVAL, "not readable")
@@ -42,10 +44,16 @@ class OpenFile:
 
 @dataclass(eq=False)
 class Node:
+    """`transient` nodes (per-open device nodes, fd tickets) leave the inode table once
+    the kernel has forgotten every lookup of them and they are no longer reachable."""
+
     name: str
     mode: int
     ino: int = 0
     parent: Directory | None = None
+    transient: bool = False
+    nlookup: int = 0
+    entry_timeout: float = 1.0
 
     def size(self) -> int:
         return 0
@@ -63,10 +71,26 @@ class DeviceFile(Node):
 
     mode: int = stat.S_IFREG | 0o666
     opener: Callable[[Request, int], OpenFile] | None = None
+    file_size: int = 0
 
     def open(self, req: Request, flags: int) -> OpenFile:
         assert self.opener is not None
         return self.opener(req, flags)
+
+    def size(self) -> int:
+        return self.file_size
+
+
+@dataclass(eq=False)
+class Symlink(Node):
+    """A link whose target is computed for each READLINK, i.e. for each path walk."""
+
+    mode: int = stat.S_IFLNK | 0o777
+    target: Callable[[Request], str] | None = None
+
+    def readlink(self, req: Request) -> str:
+        assert self.target is not None
+        return self.target(req)
 
 
 class _Snapshot(OpenFile):
@@ -91,14 +115,54 @@ class InodeTable:
         self._lock = threading.Lock()
         self.root = Directory(name="", ino=ROOT_INO)
         self._nodes: dict[int, Node] = {ROOT_INO: self.root}
+        self._hidden: dict[int, dict[str, Node]] = {}
 
-    def add(self, parent: Directory, node: Node) -> Node:
+    def add(self, parent: Directory, node: Node, *, listed: bool = True) -> Node:
+        """Give `node` an inode under `parent`; unlisted nodes are found by lookup only."""
         with self._lock:
             node.ino = next(self._next)
             node.parent = parent
-            parent.children[node.name] = node
+            if listed:
+                parent.children[node.name] = node
+            else:
+                self._hidden.setdefault(parent.ino, {})[node.name] = node
             self._nodes[node.ino] = node
         return node
+
+    def unlink(self, node: Node) -> None:
+        """Make `node` unreachable by name; its inode lives on until forgotten."""
+        with self._lock:
+            if node.parent is not None:
+                for names in (node.parent.children, self._hidden.get(node.parent.ino, {})):
+                    if names.get(node.name) is node:
+                        del names[node.name]
+            if node.transient and node.nlookup == 0:
+                self._nodes.pop(node.ino, None)
+
+    def looked_up(self, node: Node) -> None:
+        with self._lock:
+            node.nlookup += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped `count` lookups; a transient node nobody can reach then goes."""
+        with self._lock:
+            node = self._nodes.get(ino)
+            if node is None:
+                return
+            node.nlookup = max(0, node.nlookup - count)
+            if node.transient and node.nlookup == 0 and not self._reachable(node):
+                del self._nodes[ino]
+
+    def _reachable(self, node: Node) -> bool:
+        parent = node.parent
+        if parent is None:
+            return False
+        return (parent.children.get(node.name) is node
+                or self._hidden.get(parent.ino, {}).get(node.name) is node)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._nodes)
 
     def mkdir(self, parent: Directory, name: str) -> Directory:
         existing = parent.children.get(name)
@@ -118,7 +182,8 @@ class InodeTable:
         parent = self.get(parent_ino)
         if not isinstance(parent, Directory):
             raise OSError(errno.ENOTDIR, "not a directory")
-        node = parent.children.get(name)
+        with self._lock:
+            node = parent.children.get(name) or self._hidden.get(parent_ino, {}).get(name)
         if node is None:
             raise OSError(errno.ENOENT, "no such node")
         return node

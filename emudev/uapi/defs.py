@@ -55,7 +55,17 @@ FAMILIES: dict[str, FamilySpec] = {
             "(/dev/accel/accelN). They live in the DRM driver range: request number nr = DRM_COMMAND_BASE "
             "+ index, dispatched by drm_ioctl() like the core ioctls (zero-extension of short structs, "
             "copy-back even on error, EINVAL for an unknown nr). Every struct is extensible by appending "
-            "fields that mean \"off\" when zero."
+            "fields that mean \"off\" when zero. Outgoing file descriptors. A FUSE-served device cannot "
+            "install a descriptor in its caller, so every ioctl that returns a new fd (PRIME_HANDLE_TO_FD, "
+            "SYNCOBJ_HANDLE_TO_FD, sync_file export and merge, sw_sync CREATE_FENCE) stores a ticket in "
+            "the fd field instead: a value at most DRM_EMUDEV_FD_TICKET_MAX, never a valid descriptor, so "
+            "code that forgets the convention fails with EBADF rather than touching another file. The "
+            "caller turns ticket T into the real descriptor by opening MOUNT/fd/-T, where MOUNT is the "
+            "directory two levels above the device node (MOUNT/accel/accelN), with O_RDWR when the request "
+            "asked for DRM_RDWR (else O_RDONLY) and O_CLOEXEC when it asked for DRM_CLOEXEC. A ticket can "
+            "be claimed once, only by the process that received it, within "
+            "DRM_EMUDEV_FD_TICKET_TIMEOUT_MS; after that the open fails with ENOENT. libaccel and "
+            "emudev_claim_fd() in this header do it for the caller."
         ),
         dispatch="nr",
         unknown_errno="EINVAL",
@@ -373,6 +383,13 @@ DRM_EMUDEV_PCI_DEVICE_ID = 0x1e5d
 #: Revision (stepping) of the emulated NPU, reported by DRM_EMUDEV_PARAM_REVISION.
 DRM_EMUDEV_REVISION = 1
 
+#: Largest value an ioctl stores in an fd field as a ticket for an outgoing file descriptor (see the
+#: family description); claim it by opening MOUNT/fd/-ticket.
+DRM_EMUDEV_FD_TICKET_MAX = -2
+
+#: Milliseconds within which a ticket must be claimed before it expires.
+DRM_EMUDEV_FD_TICKET_TIMEOUT_MS = 10000
+
 #: PCI-style device id of the NPU, DRM_EMUDEV_PCI_DEVICE_ID.
 DRM_EMUDEV_PARAM_DEVICE_ID = 0
 
@@ -392,9 +409,43 @@ DRM_EMUDEV_PARAM_UAPI_VERSION = 4
 #: Page size of the device address space in bytes; BO sizes are multiples of it.
 DRM_EMUDEV_PARAM_PAGE_SIZE = 5
 
+#: The CPU may map the BO, through the device fd at bo_info.mmap_offset or through a dma-buf exported
+#: from it; without it mmap_offset is 0.
+DRM_EMUDEV_BO_MAPPABLE = 0x1
+
+#: Engines may only read the BO; a device write to it is a fault.
+DRM_EMUDEV_BO_DEVICE_READ_ONLY = 0x2
+
+#: The CPU reads; waits for the device's writers.
+DRM_EMUDEV_PREP_READ = 0x1
+
+#: The CPU writes; waits for every device user.
+DRM_EMUDEV_PREP_WRITE = 0x2
+
 #: Read one device parameter, as ivpu's GET_PARAM does. Userspace should read
 #: DRM_EMUDEV_PARAM_UAPI_VERSION first and refuse a major version it does not know.
 DRM_IOCTL_EMUDEV_GET_PARAM = 0xC0106440
+
+#: Create a buffer object of device memory, zero-filled, and a handle to it in this file. The size is
+#: rounded up to the page size. The BO lives while any handle, dma-buf, mapping file or queued job
+#: refers to it.
+DRM_IOCTL_EMUDEV_BO_CREATE = 0xC0106441
+
+#: Report a BO's flags, size, device address in this file and mmap offset.
+DRM_IOCTL_EMUDEV_BO_INFO = 0xC0206442
+
+#: Wait until every fence of the BO's reservation object (readers and writers) has signalled, or the
+#: absolute timeout passes. Restartable with unchanged arguments after EINTR.
+DRM_IOCTL_EMUDEV_BO_WAIT = 0x40106443
+
+#: Begin CPU access, as rocket's PREP_BO: wait for the device's writers (READ) or for every device user
+#: (WRITE) until the absolute timeout, then make the CPU view of the BO through this file's mapping
+#: current with device memory.
+DRM_IOCTL_EMUDEV_BO_PREP = 0x40106444
+
+#: End CPU access, as rocket's FINI_BO: what the CPU wrote through this file's mapping of the BO
+#: reaches device memory before the ioctl returns.
+DRM_IOCTL_EMUDEV_BO_FINI = 0x40086445
 
 
 # sw_sync ------------------------------------------------------------------------------------------
@@ -540,6 +591,24 @@ FLAGSETS: dict[str, FlagSet] = {
             "Flags of drm_syncobj_timeline_array. QUERY accepts LAST_SUBMITTED; TIMELINE_SIGNAL accepts no "
             "flag at all (any bit gives EINVAL)."
         ),
+    ),
+    "drm_emudev_bo_flags": FlagSet(
+        name="drm_emudev_bo_flags",
+        members={
+            "DRM_EMUDEV_BO_MAPPABLE": DRM_EMUDEV_BO_MAPPABLE,
+            "DRM_EMUDEV_BO_DEVICE_READ_ONLY": DRM_EMUDEV_BO_DEVICE_READ_ONLY,
+        },
+        mask=0x3,
+        doc="Flags of DRM_IOCTL_EMUDEV_BO_CREATE, reported back by BO_INFO.",
+    ),
+    "drm_emudev_bo_prep_flags": FlagSet(
+        name="drm_emudev_bo_prep_flags",
+        members={
+            "DRM_EMUDEV_PREP_READ": DRM_EMUDEV_PREP_READ,
+            "DRM_EMUDEV_PREP_WRITE": DRM_EMUDEV_PREP_WRITE,
+        },
+        mask=0x3,
+        doc="Access the CPU is about to make, for DRM_IOCTL_EMUDEV_BO_PREP; at least one.",
     ),
     "sync_file_flags": FlagSet(
         name="sync_file_flags",
@@ -1175,6 +1244,128 @@ class drm_emudev_param(UapiStruct):
 
 
 assert ctypes.sizeof(drm_emudev_param) == 16
+
+
+class drm_emudev_bo_create(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_BO_CREATE."
+    _fields_ = [
+        ("size", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "size", "u64", 0, 8,
+            "Bytes wanted (in); the page-rounded size (out).",
+            None, None, False, "inout",
+        ),
+        FieldSpec("flags", "u32", 8, 4, "Creation flags.", "drm_emudev_bo_flags", None, False, "in"),
+        FieldSpec("handle", "u32", 12, 4, "GEM handle of the new BO in this file.", None, None, False, "out"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_bo_create) == 16
+
+
+class drm_emudev_bo_info(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_BO_INFO."
+    _fields_ = [
+        ("handle", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("size", ctypes.c_uint64),
+        ("device_va", ctypes.c_uint64),
+        ("mmap_offset", ctypes.c_uint64),
+    ]
+    _specs_ = (
+        FieldSpec("handle", "u32", 0, 4, "GEM handle to query.", None, None, False, "in"),
+        FieldSpec(
+            "flags", "u32", 4, 4,
+            "The BO's creation flags.",
+            "drm_emudev_bo_flags", None, False, "out",
+        ),
+        FieldSpec(
+            "size", "u64", 8, 8,
+            "Size in bytes (a multiple of the page size).",
+            None, None, False, "out",
+        ),
+        FieldSpec(
+            "device_va", "u64", 16, 8,
+            "Device virtual address of the BO in this file's address space.",
+            None, None, False, "out",
+        ),
+        FieldSpec(
+            "mmap_offset", "u64", 24, 8,
+            (
+                "Offset to pass to mmap() on the device fd to map the BO (0 if the BO is not mappable). "
+                "Unique per BO and never reused."
+            ),
+            None, None, False, "out",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_bo_info) == 32
+
+
+class drm_emudev_bo_wait(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_BO_WAIT."
+    _fields_ = [
+        ("handle", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("timeout_ns", ctypes.c_int64),
+    ]
+    _specs_ = (
+        FieldSpec("handle", "u32", 0, 4, "GEM handle to wait on.", None, None, False, "in"),
+        FieldSpec("pad", "u32", 4, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec(
+            "timeout_ns", "s64", 8, 8,
+            "Absolute CLOCK_MONOTONIC deadline in ns; 0 or a past time polls.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_bo_wait) == 16
+
+
+class drm_emudev_bo_prep(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_BO_PREP."
+    _fields_ = [
+        ("handle", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("timeout_ns", ctypes.c_int64),
+    ]
+    _specs_ = (
+        FieldSpec("handle", "u32", 0, 4, "GEM handle the CPU is about to access.", None, None, False, "in"),
+        FieldSpec(
+            "flags", "u32", 4, 4,
+            "The access about to be made.",
+            "drm_emudev_bo_prep_flags", None, False, "in",
+        ),
+        FieldSpec(
+            "timeout_ns", "s64", 8, 8,
+            "Absolute CLOCK_MONOTONIC deadline in ns; 0 or a past time polls.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_bo_prep) == 16
+
+
+class drm_emudev_bo_fini(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_BO_FINI."
+    _fields_ = [
+        ("handle", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec("handle", "u32", 0, 4, "GEM handle whose CPU access ends.", None, None, False, "in"),
+        FieldSpec("pad", "u32", 4, 4, "Must be zero.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_bo_fini) == 8
 
 
 class sw_sync_create_fence_data(UapiStruct):
@@ -2010,6 +2201,121 @@ IOCTLS: tuple[IoctlSpec, ...] = (
             "DRM_EMUDEV_PARAM_UAPI_VERSION first and refuse a major version it does not know."
         ),
         requires=frozenset(),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_BO_CREATE",
+        family="emudev",
+        type=0x64,
+        nr=0x41,
+        dir=IOC_READ | IOC_WRITE,
+        struct=drm_emudev_bo_create,
+        size=16,
+        sizes=(16,),
+        cmd=DRM_IOCTL_EMUDEV_BO_CREATE,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "size is 0 or rounds past 2^64; flags has unknown bits"),
+            ("ENOMEM", "the device has not that much memory left; nothing changes"),
+        ),
+        doc=(
+            "Create a buffer object of device memory, zero-filled, and a handle to it in this file. The "
+            "size is rounded up to the page size. The BO lives while any handle, dma-buf, mapping file or "
+            "queued job refers to it."
+        ),
+        requires=frozenset({"gem"}),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_BO_INFO",
+        family="emudev",
+        type=0x64,
+        nr=0x42,
+        dir=IOC_READ | IOC_WRITE,
+        struct=drm_emudev_bo_info,
+        size=32,
+        sizes=(32,),
+        cmd=DRM_IOCTL_EMUDEV_BO_INFO,
+        permissions=frozenset(),
+        errors=(
+            ("ENOENT", "handle is not a GEM handle of this file"),
+        ),
+        doc="Report a BO's flags, size, device address in this file and mmap offset.",
+        requires=frozenset({"gem"}),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_BO_WAIT",
+        family="emudev",
+        type=0x64,
+        nr=0x43,
+        dir=IOC_WRITE,
+        struct=drm_emudev_bo_wait,
+        size=16,
+        sizes=(16,),
+        cmd=DRM_IOCTL_EMUDEV_BO_WAIT,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "pad is not zero"),
+            ("ENOENT", "handle is not a GEM handle of this file"),
+            ("ETIME", "the timeout passed with fences still pending"),
+        ),
+        doc=(
+            "Wait until every fence of the BO's reservation object (readers and writers) has signalled, or "
+            "the absolute timeout passes. Restartable with unchanged arguments after EINTR."
+        ),
+        requires=frozenset({"gem"}),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_BO_PREP",
+        family="emudev",
+        type=0x64,
+        nr=0x44,
+        dir=IOC_WRITE,
+        struct=drm_emudev_bo_prep,
+        size=16,
+        sizes=(16,),
+        cmd=DRM_IOCTL_EMUDEV_BO_PREP,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "flags is 0 or has unknown bits"),
+            ("ENOENT", "handle is not a GEM handle of this file"),
+            ("ETIME", "the timeout passed with conflicting fences pending"),
+        ),
+        doc=(
+            "Begin CPU access, as rocket's PREP_BO: wait for the device's writers (READ) or for every "
+            "device user (WRITE) until the absolute timeout, then make the CPU view of the BO through this "
+            "file's mapping current with device memory."
+        ),
+        requires=frozenset({"gem"}),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_BO_FINI",
+        family="emudev",
+        type=0x64,
+        nr=0x45,
+        dir=IOC_WRITE,
+        struct=drm_emudev_bo_fini,
+        size=8,
+        sizes=(8,),
+        cmd=DRM_IOCTL_EMUDEV_BO_FINI,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "pad is not zero"),
+            ("ENOENT", "handle is not a GEM handle of this file"),
+        ),
+        doc=(
+            "End CPU access, as rocket's FINI_BO: what the CPU wrote through this file's mapping of the BO "
+            "reaches device memory before the ioctl returns."
+        ),
+        requires=frozenset({"gem"}),
         variants=(),
         by_value=False,
     ),

@@ -53,7 +53,19 @@ Spec schema, one file per ioctl family::
         requires: [gem, syncobj, syncobj_timeline, modeset]   # checked before the handler
         errors: [{errno, when}]
         doc: ...
+    c-helpers:                     # driver only: C functions the header offers its users
+      - name: emudev_claim_fd      # the function the code defines
+        doc: ...                   # kernel-doc body; its line breaks stay, for "@arg:" and "Return:"
+        code: |                    # verbatim C, one "static inline" definition
     packets: ...                   # reserved for the command-stream ISA
+
+C helpers do for C callers what the uapi alone cannot, such as claiming an
+outgoing fd's ticket, so that no caller re-implements a convention. The header
+emits them after the ioctl definitions, under ``#if
+defined(DRM_EMUDEV_HAVE_C_HELPERS)`` (POSIX.1-2008 user space only, see
+``_C_HELPERS_AVAILABILITY``), and they may use the C library headers of
+``_C_HELPER_INCLUDES``. In a folded (``>-``) doc, one blank line is a line
+break and two make an empty comment line.
 
 Generation needs a well-formed spec; the uapi *rules* (padding, pointers,
 documentation, ...) are checked by ``emudev.uapi.lint``.
@@ -114,6 +126,7 @@ _TOP_KEYS = {
     "flags",
     "structs",
     "ioctls",
+    "c-helpers",
 }
 _RESERVED_TOP_KEYS = {"packets": "reserved for the command-stream ISA, which is not generated yet"}
 _FIELD_KEYS = {
@@ -289,6 +302,17 @@ class Ioctl:
 
 
 @dataclass(frozen=True)
+class CHelper:
+    """A static inline C function of the driver header; ``doc`` keeps its line breaks."""
+
+    name: str
+    doc: str
+    code: str
+    family: str
+    path: str
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     path: str
@@ -304,6 +328,7 @@ class Family:
     flagsets: tuple[str, ...]
     structs: tuple[str, ...]
     ioctls: tuple[str, ...]
+    helpers: tuple[str, ...]
 
 
 @dataclass
@@ -316,6 +341,7 @@ class Model:
     flagsets: dict[str, FlagSetDef]
     structs: dict[str, Struct]
     ioctls: dict[str, Ioctl]
+    helpers: dict[str, CHelper]
 
     def driver_family(self) -> Family:
         drivers = [family for family in self.families.values() if family.origin == "driver"]
@@ -369,6 +395,11 @@ def _text(value: Any) -> str:
     return " ".join(str(value).split()) if value is not None else ""
 
 
+def _lines(value: Any) -> str:
+    """Like ``_text`` but line by line: a kernel-doc comment needs its ``@arg:`` and ``Return:`` lines."""
+    return "\n".join(_text(line) for line in str(value).strip().split("\n")) if value is not None else ""
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -381,6 +412,7 @@ def build_model(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Model:
     builder.resolve_flags(documents)
     builder.define_structs(documents)
     builder.define_ioctls(documents)
+    builder.define_helpers(documents)
     return builder.model()
 
 
@@ -394,6 +426,7 @@ class _Builder:
         self.flagsets: dict[str, FlagSetDef] = {}
         self.structs: dict[str, Struct] = {}
         self.ioctls: dict[str, Ioctl] = {}
+        self.helpers: dict[str, CHelper] = {}
 
     def add_family(self, path: str, data: Mapping[str, Any]) -> None:
         reserved = sorted(set(data) & set(_RESERVED_TOP_KEYS))
@@ -636,11 +669,32 @@ class _Builder:
         _check_keys(raw, {"errno", "when"}, ("errno", "when"), f"{where} error", path)
         return str(raw["errno"]), _text(raw["when"])
 
+    # C helpers ----------------------------------------------------------------
+
+    def define_helpers(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for path, data in documents:
+            for item in data.get("c-helpers") or ():
+                self._helper(str(data["family"]), path, item)
+
+    def _helper(self, family: str, path: str, item: Mapping[str, Any]) -> None:
+        _check_keys(item, {"name", "doc", "code"}, ("name", "code"), "C helper", path)
+        name = str(item["name"])
+        if self.families[family]["data"]["origin"] != "driver":
+            raise SpecError(path, f"C helper {name}: only the driver's own header carries C helpers")
+        code = item["code"]
+        if not isinstance(code, str) or not _defines_static_inline(code, name):
+            # A header function that is not static inline is defined again in every file including it.
+            raise SpecError(path, f"C helper {name}: code must be the static inline definition of {name}()")
+        helper = CHelper(name, _lines(item.get("doc")), code.strip(), family, path)
+        self._add_named(self.helpers, "helpers", helper)
+
     # result -------------------------------------------------------------------
 
     def model(self) -> Model:
         families = {name: self._family(name, info) for name, info in self.families.items()}
-        return Model(families, self.constants, self.enums, self.flagsets, self.structs, self.ioctls)
+        return Model(
+            families, self.constants, self.enums, self.flagsets, self.structs, self.ioctls, self.helpers
+        )
 
     @staticmethod
     def _family(name: str, info: Mapping[str, Any]) -> Family:
@@ -661,11 +715,16 @@ class _Builder:
             flagsets=tuple(names["flagsets"]),
             structs=tuple(names["structs"]),
             ioctls=tuple(names["ioctls"]),
+            helpers=tuple(names["helpers"]),
         )
 
 
 def _names() -> dict[str, list[str]]:
-    return {"constants": [], "enums": [], "flagsets": [], "structs": [], "ioctls": []}
+    return {"constants": [], "enums": [], "flagsets": [], "structs": [], "ioctls": [], "helpers": []}
+
+
+def _defines_static_inline(code: str, name: str) -> bool:
+    return re.match(r"static\s+inline\b[^;{]*\b" + re.escape(name) + r"\s*\(", code.strip()) is not None
 
 
 def _make_field(inputs: Mapping[str, Any], offset: int, size: int) -> Field:
@@ -1025,6 +1084,19 @@ _C_TYPES = {
     "ptr": "__u64",
 }
 _C_DIRS = {"io": "DRM_IO", "ior": "DRM_IOR", "iow": "DRM_IOW", "iowr": "DRM_IOWR"}
+_C_HELPERS_MACRO = "DRM_EMUDEV_HAVE_C_HELPERS"
+# What a C helper may use besides drm.h and this header: POSIX.1-2008 file and ioctl calls, C99 libc.
+_C_HELPER_INCLUDES = ("errno.h", "fcntl.h", "limits.h", "stdint.h", "stdio.h", "string.h", "sys/ioctl.h")
+_C_HELPERS_AVAILABILITY = (
+    "The C helpers are user-space POSIX.1-2008 code (readlink(), O_CLOEXEC) and C99 static inline "
+    "functions. Which POSIX names the C library declares is chosen by feature macros that a translation "
+    "unit defines before its first #include; a header cannot define them, since headers read before it "
+    "were already configured without them. So the header includes <unistd.h>, which makes the C library "
+    "settle its feature macros, and offers the helpers only when those select POSIX.1-2008: in a GNU "
+    "dialect (the compilers' default, and C++), or under strict -std=c99/c11 with -D_GNU_SOURCE, "
+    "-D_DEFAULT_SOURCE, -D_POSIX_C_SOURCE=200809L or -D_XOPEN_SOURCE=700. "
+    f"{_C_HELPERS_MACRO} is defined when they are there."
+)
 
 
 def _c_define(name: str, value: str) -> str:
@@ -1033,8 +1105,9 @@ def _c_define(name: str, value: str) -> str:
 
 
 def _c_doc(text: str, indent: str = "") -> list[str]:
-    """A kernel-doc comment block holding ``text``."""
-    return [f"{indent}/**", *[f"{indent} * {line}".rstrip() for line in _wrap(text, 76)], f"{indent} */"]
+    """A kernel-doc comment block holding ``text``, each of its lines wrapped on its own."""
+    wrapped = [part for line in text.split("\n") for part in _wrap(line, 76)]
+    return [f"{indent}/**", *[f"{indent} * {line}".rstrip() for line in wrapped], f"{indent} */"]
 
 
 def render_header(model: Model) -> str:
@@ -1058,6 +1131,7 @@ def render_header(model: Model) -> str:
         "#else",
         "#include <stddef.h>",
         "#endif",
+        *_c_helper_includes(family),
         "",
         "#if defined(__cplusplus)",
         'extern "C" {',
@@ -1066,6 +1140,7 @@ def render_header(model: Model) -> str:
         *_c_values(model, family),
         *_c_structs(model, family),
         *_c_layout_checks(model, family),
+        *_c_helpers(model, family),
         "",
         "#if defined(__cplusplus)",
         "}",
@@ -1074,6 +1149,38 @@ def render_header(model: Model) -> str:
         f"#endif /* {guard} */",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _c_helper_includes(family: Family) -> list[str]:
+    """Outside the extern "C" block: the C library headers, and the macro saying the helpers compile."""
+    if not family.helpers:
+        return []
+    return [
+        "",
+        "/*",
+        *[f" * {line}".rstrip() for line in _wrap(_C_HELPERS_AVAILABILITY, 76)],
+        " */",
+        "#if !defined(__KERNEL__) && (defined(__cplusplus) || \\",
+        "\t(defined(__STDC_VERSION__) && __STDC_VERSION__ >= 199901L))",
+        "#include <unistd.h>",
+        "#if defined(_GNU_SOURCE) || defined(_DEFAULT_SOURCE) || \\",
+        "\t(defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 200809L) || \\",
+        "\t(defined(_XOPEN_SOURCE) && _XOPEN_SOURCE >= 700)",
+        f"#define {_C_HELPERS_MACRO} 1",
+        *[f"#include <{name}>" for name in _C_HELPER_INCLUDES],
+        "#endif",
+        "#endif",
+    ]
+
+
+def _c_helpers(model: Model, family: Family) -> list[str]:
+    """Last in the header, so that a helper may use any name the uapi defines."""
+    if not family.helpers:
+        return []
+    lines = ["", f"#if defined({_C_HELPERS_MACRO})"]
+    for helper in (model.helpers[name] for name in family.helpers):
+        lines += ["", *_c_doc(f"{helper.name}() - {helper.doc}"), *helper.code.split("\n")]
+    return [*lines, "", f"#endif /* {_C_HELPERS_MACRO} */"]
 
 
 def _c_ioctl_numbers(model: Model, family: Family) -> list[str]:
@@ -1225,7 +1332,7 @@ def _md_family(model: Model, family: Family) -> list[str]:
             lines += ["", f"### {title}"]
             for name in names:
                 lines += render(model, name)
-    return lines + _md_constants(model, family)
+    return lines + _md_constants(model, family) + _md_helpers(model, family)
 
 
 def _md_ioctl(model: Model, name: str) -> list[str]:
@@ -1325,6 +1432,19 @@ def _md_constants(model: Model, family: Family) -> list[str]:
     for name in family.constants:
         constant = model.constants[name]
         lines.append(f"| `{name}` | `{fmt_int(constant.value)}` | {md(constant.doc)} |")
+    return lines
+
+
+def _md_helpers(model: Model, family: Family) -> list[str]:
+    """Each helper's doc and code: its code is part of the contract a C caller relies on."""
+    if not family.helpers:
+        return []
+    lines = ["", "### C helpers", "", md(_C_HELPERS_AVAILABILITY)]
+    for helper in (model.helpers[name] for name in family.helpers):
+        lines += ["", f"#### `{helper.name}()`"]
+        for paragraph in filter(None, helper.doc.split("\n")):
+            lines += ["", md(paragraph)]
+        lines += ["", "```c", *helper.code.split("\n"), "```"]
     return lines
 
 

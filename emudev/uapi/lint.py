@@ -246,6 +246,7 @@ def _documentation(model: Model) -> list[Problem]:
     items += [(v.path, f"flag set {v.name}", v.doc) for v in model.flagsets.values()]
     items += [(v.path, f"enum {v.name}", v.doc) for v in model.enums.values()]
     items += [(v.path, f"constant {v.name}", v.doc) for v in model.constants.values()]
+    items += [(v.path, f"C helper {v.name}", v.doc) for v in model.helpers.values()]
     for struct in model.structs.values():
         items.append((struct.path, f"struct {struct.name}", struct.doc))
         items += [(struct.path, f"field {struct.name}.{field.name}", field.doc) for field in struct.fields]

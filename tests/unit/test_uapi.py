@@ -302,6 +302,25 @@ def _packets(toy: dict[str, Any]) -> None:
     toy["packets"] = []
 
 
+TOY_HELPER = {
+    "name": "toy_zero",
+    "doc": "Return zero.\n@fd: Ignored.\n\nReturn: 0.",
+    "code": "static inline int toy_zero(int fd)\n{\n\t(void)fd;\n\treturn 0;\n}\n",
+}
+
+
+def _undocumented_helper(toy: dict[str, Any]) -> None:
+    toy["c-helpers"] = [{key: value for key, value in TOY_HELPER.items() if key != "doc"}]
+
+
+def _helper_not_inline(toy: dict[str, Any]) -> None:
+    toy["c-helpers"] = [{**TOY_HELPER, "code": TOY_HELPER["code"].replace("static inline ", "")}]
+
+
+def _helper_misnamed(toy: dict[str, Any]) -> None:
+    toy["c-helpers"] = [{**TOY_HELPER, "name": "toy_one"}]
+
+
 SEEDED_MISTAKES = [
     (_hole, "explicit-padding: struct toy_arg: 4-byte hole before data"),
     (_hole, "u64-alignment: struct toy_arg: data (ptr) at packed offset 4"),
@@ -325,6 +344,9 @@ SEEDED_MISTAKES = [
     ),
     (_unknown_permission, "vocabulary: DRM_IOCTL_TOY_DO: unknown permission render"),
     (_packets, "schema: packets: reserved for the command-stream ISA"),
+    (_undocumented_helper, "documented: C helper toy_zero has no doc"),
+    (_helper_not_inline, "schema: C helper toy_zero: code must be the static inline definition"),
+    (_helper_misnamed, "schema: C helper toy_one: code must be the static inline definition of toy_one()"),
 ]
 
 
@@ -360,6 +382,44 @@ def test_kernel_waiver_removal_exposes_the_rule(documents: list[tuple[str, dict[
 
 def test_lint_command_line() -> None:
     assert lint.main([]) == 0
+
+
+def test_c_helpers_belong_to_the_driver(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    edited = copy.deepcopy(documents)
+    drm = next(data for path, data in edited if path.endswith("drm.yaml"))
+    drm["c-helpers"] = [TOY_HELPER]
+    with pytest.raises(gen.SpecError, match="only the driver's own header carries C helpers"):
+        gen.build_model(edited)
+
+
+def _toy_model(documents: list[tuple[str, dict[str, Any]]], helpers: list[dict[str, str]]) -> gen.Model:
+    toy = _toy_driver()
+    if helpers:
+        toy["c-helpers"] = helpers
+    drm = next(data for path, data in documents if path.endswith("drm.yaml"))
+    return gen.build_model([("drm.yaml", drm), ("toy.yaml", toy)])
+
+
+def test_c_helpers_close_the_header(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    header = gen.render_header(_toy_model(documents, [TOY_HELPER]))
+    comment = "/**\n * toy_zero() - Return zero.\n * @fd: Ignored.\n *\n * Return: 0.\n */\n"
+    helper = comment + TOY_HELPER["code"]
+    assert helper in header
+    assert header.index("#undef DRM_EMUDEV_STATIC_ASSERT") < header.index(helper)
+    assert header.index(helper) < header.rindex("#if defined(__cplusplus)\n}")
+    assert header.index("#define DRM_EMUDEV_HAVE_C_HELPERS 1") < header.index('extern "C" {')
+
+
+def test_c_helpers_are_documented(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    docs = gen.render_docs(_toy_model(documents, [TOY_HELPER]))
+    section = docs[docs.index("### C helpers") :]
+    assert "#### `toy_zero()`\n\nReturn zero.\n\n@fd: Ignored.\n\nReturn: 0.\n" in section
+    assert "```c\n" + TOY_HELPER["code"] + "```" in section
+
+
+def test_no_c_helpers_no_section(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    model = _toy_model(documents, [])
+    assert "HAVE_C_HELPERS" not in gen.render_header(model) and "C helpers" not in gen.render_docs(model)
 
 
 # --------------------------------------------------------------------------- C header
@@ -437,6 +497,51 @@ def test_header_compiles_as_cxx(tmp_path: Path) -> None:
     flags = ["-std=c++11", *STRICT, "-isystem", LIBDRM_INCLUDE, f"-I{HEADER_DIR}"]
     result = _compile(tmp_path, HEADER_PROBE.replace("<stdio.h>", "<cstdio>"), flags, "g++")
     assert result.returncode == 0, result.stderr
+
+
+# The header comes first: it must bring in everything its C helpers use.
+HELPER_PROBE = """#include "emudev_accel.h"
+
+#if !defined(DRM_EMUDEV_HAVE_C_HELPERS)
+#error no C helpers
+#endif
+
+int main(int argc, char **argv)
+{
+	int prime_fd = -1;
+
+	(void)argv;
+	if (emudev_prime_handle_to_fd(argc, 1, DRM_CLOEXEC | DRM_RDWR, &prime_fd) != 0)
+		return 1;
+	return emudev_claim_fd(argc, DRM_EMUDEV_FD_TICKET_MAX, DRM_RDWR) < 0;
+}
+"""
+# Builds that select POSIX.1-2008, and so get the helpers; compiled, not run (no device here).
+HELPER_BUILDS = {
+    "c99-gnu-source": ("gcc", ["-std=c99", "-D_GNU_SOURCE"]),
+    "c99-posix-2008": ("gcc", ["-std=c99", "-D_POSIX_C_SOURCE=200809L"]),
+    "c11-gnu-source": ("gcc", ["-std=c11", "-D_GNU_SOURCE"]),
+    "gnu11-default": ("gcc", ["-std=gnu11"]),
+    "cxx11": ("g++", ["-std=c++11"]),
+}
+
+
+@needs_gcc
+@pytest.mark.parametrize("build", sorted(HELPER_BUILDS))
+def test_c_helpers_compile_warning_free(tmp_path: Path, build: str) -> None:
+    compiler, dialect = HELPER_BUILDS[build]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is missing")
+    # -O2: some warnings (format truncation, maybe-uninitialized) only show when optimising.
+    flags = [*dialect, "-O2", *STRICT, "-isystem", LIBDRM_INCLUDE, f"-I{HEADER_DIR}", "-c"]
+    result = _compile(tmp_path, HELPER_PROBE, flags, compiler)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_gcc
+def test_strict_c99_without_posix_gets_no_c_helpers(tmp_path: Path) -> None:
+    result = _compile(tmp_path, HELPER_PROBE, [*C_DIALECTS["c99"], f"-I{HEADER_DIR}", "-c"])
+    assert result.returncode != 0 and "no C helpers" in result.stderr
 
 
 # --------------------------------------------------------------------------- kernel headers

@@ -1,5 +1,8 @@
 """libaccel: a libdrm-like library over the accel uapi; it talks to devices only through their node."""
 
+from userspace.libaccel.bo import DEVICE_READ_ONLY, MAPPABLE, Bo, DmaBuf
 from userspace.libaccel.device import Device, DeviceInfo, Version, find_devices
+from userspace.libaccel.fd import claim_fd
 
-__all__ = ["Device", "DeviceInfo", "Version", "find_devices"]
+__all__ = ["DEVICE_READ_ONLY", "MAPPABLE", "Bo", "Device", "DeviceInfo", "DmaBuf", "Version", "claim_fd",
+           "find_devices"]

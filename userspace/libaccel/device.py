@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from emudev.uapi import defs
+from userspace.libaccel.bo import Bo
 from userspace.libaccel.ioctl import drm_ioctl
 
 MOUNT_ENV = "EMUDEV_MOUNT"
@@ -113,6 +114,15 @@ class Device:
         buf = ctypes.create_string_buffer(data, len(data) or 1)
         self.ioctl("DRM_IOCTL_SET_CLIENT_NAME", defs.drm_set_client_name(name_len=len(data),
                                                                          name=ctypes.addressof(buf)))
+
+    def create_bo(self, size: int, flags: int = defs.DRM_EMUDEV_BO_MAPPABLE) -> Bo:
+        return Bo.create(self, size, flags)
+
+    def import_dmabuf(self, fd: int) -> Bo:
+        """PRIME_FD_TO_HANDLE: a BO of this file for the dma-buf `fd` (the same handle on re-import)."""
+        args = defs.drm_prime_handle(fd=fd)
+        self.ioctl("DRM_IOCTL_PRIME_FD_TO_HANDLE", args)
+        return Bo(self, args.handle)
 
     def info(self) -> DeviceInfo:
         caps = {name: self.get_cap(getattr(defs, name)) for name in _CAPS}

@@ -1,0 +1,35 @@
+"""Coherence of a file's CPU mapping of BOs through the device fd.
+
+That mapping goes through the kernel's page cache of the file's own inode: pages
+fault in from device memory (FUSE READ) and dirty pages come back later
+(writeback). BO_PREP and BO_FINI are the sync points: both drop the cached pages
+of the BO's range, which first writes dirty pages back, so after PREP the CPU sees
+device memory and after FINI device memory holds what the CPU wrote. The drop is
+a FUSE notification, which may need the daemon's workers to answer the writeback,
+so it is sent from the notifier thread and the ioctl completes afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from emudev.drm.completion import Completion
+
+Invalidate = Callable[[int, int, int, Callable[[], None]], None]
+
+
+class CpuView:
+    def __init__(self, invalidate: Invalidate | None, nodeid: int = 0) -> None:
+        self._invalidate = invalidate
+        self._nodeid = nodeid
+
+    def _sync(self, obj: object) -> int | Completion:
+        offset = getattr(obj, "mmap_offset", 0)
+        if self._invalidate is None or not offset:
+            return 0
+        done = Completion()
+        self._invalidate(self._nodeid, offset, obj.size, lambda: done.complete(0))  # type: ignore[attr-defined]
+        return done
+
+    begin = _sync
+    end = _sync

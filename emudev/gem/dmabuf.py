@@ -1,0 +1,197 @@
+"""dma-buf: a GEM object shared as a file (drivers/dma-buf/dma-buf.c).
+
+A DmaBuf is the kernel's struct dma_buf: one per exported object, alive while
+any of its files, the exporter's handles, an importer or an unclaimed ticket
+refers to it. Its files are served by the mount; as root their mmap is FUSE
+passthrough to the BO's own memfd (the same pages the device uses, no copy),
+otherwise the page cache with coherence at DMA_BUF_IOCTL_SYNC.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import select
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from emudev.drm.ioctl import CommandTable, ioctl_handler
+from emudev.drm.usermem import UserMemory
+from emudev.fuse import IoctlResult, Request
+from emudev.gem.object import GemObject
+from emudev.nodes.tree import OpenFile
+from emudev.uapi import defs
+
+log = logging.getLogger("emudev.dmabuf")
+
+_ids = itertools.count(1)
+_SYNC_FLAGS = defs.FLAGSETS["dma_buf_sync_flags"]
+
+
+@dataclass
+class DmaBufServices:
+    """What dma-bufs need from the mount: passthrough backing files (None where not granted)."""
+
+    backing_open: Callable[[int], int] | None
+    backing_close: Callable[[int], None]
+
+
+class DmaBuf:
+    def __init__(self, obj: GemObject, registry: DmaBufRegistry) -> None:
+        self.id = next(_ids)
+        self.obj = obj.get("dmabuf")
+        self.size = obj.size
+        self.name = ""
+        self.registry = registry
+        self._refs: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._backing_id: int | None = None
+        self.inodes: set[int] = set()
+
+    def get(self, kind: str) -> DmaBuf:
+        with self._lock:
+            self._refs[kind] += 1
+        return self
+
+    def put(self, kind: str) -> None:
+        with self._lock:
+            self._refs[kind] -= 1
+            if self._refs[kind] == 0:
+                del self._refs[kind]
+            last = not self._refs
+        if last:
+            self._release()
+
+    def holders(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._refs)
+
+    def backing_id(self) -> int | None:
+        """The passthrough backing id of the BO's memfd, registered on first use (None: no passthrough)."""
+        with self._lock:
+            if self._backing_id is None and self.registry.services.backing_open is not None:
+                self._backing_id = self.registry.services.backing_open(self.obj.memory.fd())
+            return self._backing_id
+
+    def _release(self) -> None:
+        """dma_buf_release(): the last reference went; drop the exporter's object."""
+        self.registry.forget(self)
+        if self._backing_id is not None:
+            self.registry.services.backing_close(self._backing_id)
+        if self.obj.dma_buf is self:
+            self.obj.dma_buf = None
+        self.obj.put("dmabuf")
+
+
+class DmaBufRegistry:
+    """Every live dma-buf of the mount, found again from the inode of a file a client passes in."""
+
+    def __init__(self, services: DmaBufServices) -> None:
+        self.services = services
+        self._by_inode: dict[int, DmaBuf] = {}
+        self._live: dict[int, DmaBuf] = {}
+        self._lock = threading.Lock()
+
+    def export(self, obj: GemObject) -> DmaBuf:
+        """The object's dma-buf, made on first export; the exporter keeps it while it has handles."""
+        with self._lock:
+            if obj.dma_buf is None:
+                obj.dma_buf = DmaBuf(obj, self).get("exporter")
+                self._live[obj.dma_buf.id] = obj.dma_buf
+            return obj.dma_buf
+
+    def add_inode(self, dmabuf: DmaBuf, ino: int) -> None:
+        with self._lock:
+            self._by_inode[ino] = dmabuf
+            dmabuf.inodes.add(ino)
+
+    def by_inode(self, ino: int) -> DmaBuf | None:
+        with self._lock:
+            return self._by_inode.get(ino)
+
+    def forget(self, dmabuf: DmaBuf) -> None:
+        with self._lock:
+            self._live.pop(dmabuf.id, None)
+            for ino in dmabuf.inodes:
+                self._by_inode.pop(ino, None)
+
+    def live(self) -> list[DmaBuf]:
+        with self._lock:
+            return list(self._live.values())
+
+
+_table: CommandTable | None = None
+
+
+def _commands() -> CommandTable:
+    global _table
+    if _table is None:
+        _table = CommandTable("dma_buf")
+    return _table
+
+
+class DmaBufFile(OpenFile):
+    """An open dma-buf: mmap, lseek(SEEK_END), poll and the DMA_BUF_* ioctls."""
+
+    def __init__(self, dmabuf: DmaBuf) -> None:
+        self.dmabuf = dmabuf.get("file")
+        self.backing_id = dmabuf.backing_id()
+        self.direct_io = False
+        self.keep_cache = False
+
+    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
+        outcome = _commands().dispatch(self, cmd, arg, in_data, UserMemory(req.pid))
+        return IoctlResult(outcome.result, outcome.data)
+
+    def poll(self, req: Request, kh: int | None, events: int) -> int:
+        """Ready for reading and writing while no fence is pending (fences come with jobs)."""
+        return select.POLLIN | select.POLLOUT
+
+    def read(self, req: Request, offset: int, size: int) -> bytes:
+        """Page-cache faults of a mapping without passthrough; never short inside the BO."""
+        if offset >= self.dmabuf.size:
+            return b""
+        return bytes(self.dmabuf.obj.memory.view()[offset: offset + size])
+
+    def write(self, req: Request, offset: int, data: memoryview) -> int:
+        """Write-back of dirty mapped pages (and pwrite) into the BO."""
+        end = min(offset + len(data), self.dmabuf.size)
+        if offset >= end:
+            raise OSError(errno.ENOSPC, "beyond the dma-buf")
+        self.dmabuf.obj.memory.view()[offset:end] = data[: end - offset]
+        return end - offset
+
+    def release(self) -> None:
+        self.dmabuf.put("file")
+
+
+@ioctl_handler("DMA_BUF_IOCTL_SYNC")
+def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) -> int:
+    """Bracket CPU access; with passthrough the mapping is the BO's pages, already coherent."""
+    if args.flags & ~_SYNC_FLAGS.mask or not args.flags & defs.DMA_BUF_SYNC_RW:
+        raise OSError(errno.EINVAL, "bad DMA_BUF_SYNC flags")
+    return 0
+
+
+@ioctl_handler("DMA_BUF_SET_NAME")
+def dma_buf_set_name(file: DmaBufFile, args: defs.UapiStruct, user: UserMemory) -> int:
+    name = user.read_string(args.name, defs.DMA_BUF_NAME_LEN - 1)
+    file.dmabuf.name = name.decode(errors="replace")
+    return 0
+
+
+def identify(fd: int, mount_id: int, registry: DmaBufRegistry) -> DmaBuf | None:
+    """The dma-buf behind a descriptor the daemon holds, from /proc/self/fdinfo (no FUSE round trip)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return None
+    if int(fields.get("mnt_id", -1)) != mount_id:
+        return None
+    return registry.by_inode(int(fields.get("ino", 0)))
+

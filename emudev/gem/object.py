@@ -1,0 +1,108 @@
+"""GEM objects and their lifetime (drm_gem.c's kref and handle_count).
+
+An object lives while anything refers to it. References are counted by kind —
+handles, dma-bufs, imports, tickets, jobs — both to free it at the right moment
+and to show in debug/accelN/gem_objects who keeps a BO alive.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from emudev.gem.memory import PAGE_SIZE, BoMemory
+
+if TYPE_CHECKING:
+    from emudev.gem.dmabuf import DmaBuf
+
+log = logging.getLogger("emudev.gem")
+
+# drm_vma_manager: fake offsets start at 4 GiB on 64-bit, so they never collide with
+# anything a real file offset could mean.
+MMAP_OFFSET_START = 1 << 32
+
+_ids = itertools.count(1)
+
+
+class MmapOffsets:
+    """Fake mmap offsets, unique per BO and never reused.
+
+    Each BO's range is followed by a guard range of the same size (at least 1 MiB),
+    so a mapping that runs past the end of one BO faults instead of reaching the next.
+    """
+
+    def __init__(self) -> None:
+        self._next = MMAP_OFFSET_START
+        self._lock = threading.Lock()
+        self._starts: list[int] = []  # ascending, since offsets only grow
+        self._objects: dict[int, GemObject] = {}
+
+    def assign(self, obj: GemObject) -> int:
+        with self._lock:
+            offset = self._next
+            self._next += obj.size + max(obj.size, 1 << 20)
+            self._starts.append(offset)
+            self._objects[offset] = obj
+            return offset
+
+    def remove(self, obj: GemObject) -> None:
+        with self._lock:
+            if self._objects.pop(obj.mmap_offset, None) is not None:
+                del self._starts[bisect.bisect_left(self._starts, obj.mmap_offset)]
+
+    def find(self, offset: int) -> tuple[GemObject, int] | None:
+        """The object whose range holds `offset`, and the position inside it."""
+        with self._lock:
+            i = bisect.bisect_right(self._starts, offset) - 1
+            if i < 0:
+                return None
+            start = self._starts[i]
+            obj = self._objects[start]
+            return (obj, offset - start) if offset < start + obj.size else None
+
+
+class GemObject:
+    def __init__(self, device: object, size: int, flags: int, memory: BoMemory,
+                 on_free: Callable[[GemObject], None], import_attach: DmaBuf | None = None) -> None:
+        self.id = next(_ids)
+        self.device = device
+        self.size = size
+        self.flags = flags
+        self.memory = memory
+        self.import_attach = import_attach
+        self.dma_buf: DmaBuf | None = None
+        self.name = 0
+        self.mmap_offset = 0
+        self.handle_count = 0
+        self._refs: Counter[str] = Counter()
+        self._on_free = on_free
+        self._lock = threading.Lock()
+
+    @property
+    def pages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    def get(self, kind: str) -> GemObject:
+        with self._lock:
+            self._refs[kind] += 1
+        return self
+
+    def put(self, kind: str) -> None:
+        with self._lock:
+            self._refs[kind] -= 1
+            if self._refs[kind] < 0:
+                raise AssertionError(f"BO {self.id}: more puts than gets of {kind}")
+            if self._refs[kind] == 0:
+                del self._refs[kind]
+            last = not self._refs
+        if last:
+            self._on_free(self)
+
+    def holders(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._refs)

@@ -1,0 +1,26 @@
+"""Outgoing file descriptors: turning an ioctl's fd ticket into a real descriptor.
+
+See the emudev uapi (family doc): an ioctl that returns a new fd stores a ticket
+(≤ DRM_EMUDEV_FD_TICKET_MAX) that the caller claims by opening MOUNT/fd/<-ticket>.
+Real hardware returns the descriptor itself, which is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from emudev.uapi import defs
+
+
+def claim_fd(device_fd: int, value: int, flags: int) -> int:
+    """The descriptor an ioctl returned in an fd field with DRM_CLOEXEC/DRM_RDWR `flags`."""
+    if value >= 0:
+        return value
+    if value > defs.DRM_EMUDEV_FD_TICKET_MAX:
+        raise OSError(errno.EINVAL, f"fd field holds {value}: neither a descriptor nor a ticket")
+    node = os.readlink(f"/proc/self/fd/{device_fd}")
+    mount = os.path.dirname(os.path.dirname(node))
+    mode = os.O_RDWR if flags & defs.DRM_RDWR else os.O_RDONLY
+    cloexec = os.O_CLOEXEC if flags & defs.DRM_CLOEXEC else 0
+    return os.open(os.path.join(mount, "fd", str(-value)), mode | cloexec)
