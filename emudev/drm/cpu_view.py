@@ -12,8 +12,12 @@ so it is sent from the notifier thread and the ioctl completes afterwards.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from emudev.drm.completion import Completion
+
+if TYPE_CHECKING:
+    from emudev.gem.object import GemObject
 
 Invalidate = Callable[[int, int, int, Callable[[], None]], None]
 
@@ -23,12 +27,11 @@ class CpuView:
         self._invalidate = invalidate
         self._nodeid = nodeid
 
-    def _sync(self, obj: object) -> int | Completion:
-        offset = getattr(obj, "mmap_offset", 0)
-        if self._invalidate is None or not offset:
+    def _sync(self, obj: GemObject) -> int | Completion:
+        if self._invalidate is None or not obj.mmap_offset:
             return 0
         done = Completion()
-        self._invalidate(self._nodeid, offset, obj.size, lambda: done.complete(0))  # type: ignore[attr-defined]
+        self._invalidate(self._nodeid, obj.mmap_offset, obj.size, lambda: done.complete(0))
         return done
 
     begin = _sync

@@ -6,9 +6,14 @@ device address means nothing outside the file that got it.
 
 from __future__ import annotations
 
+import errno
 import threading
+from typing import TYPE_CHECKING
 
 from emudev.gem.memory import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from emudev.gem.object import GemObject
 
 VA_START = 1 << 32
 VA_END = 1 << 47
@@ -20,22 +25,21 @@ class AddressSpace:
         self._by_object: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def map(self, obj: object) -> int:
+    def map(self, obj: GemObject) -> int:
         """Place `obj` (once per file), leaving an unmapped guard page after it."""
-        key = id(obj)
         with self._lock:
-            if key not in self._by_object:
-                size = obj.size  # type: ignore[attr-defined]
-                if self._next + size > VA_END:
-                    raise OSError(12, "device address space exhausted")
-                self._by_object[key] = self._next
-                self._next += size + PAGE_SIZE
-            return self._by_object[key]
+            if obj.id not in self._by_object:
+                if self._next + obj.size > VA_END:
+                    raise OSError(errno.ENOMEM, "device address space exhausted")
+                self._by_object[obj.id] = self._next
+                self._next += obj.size + PAGE_SIZE
+            return self._by_object[obj.id]
 
-    def unmap(self, obj: object) -> None:
+    def unmap(self, obj: GemObject) -> None:
         with self._lock:
-            self._by_object.pop(id(obj), None)
+            self._by_object.pop(obj.id, None)
 
-    def address_of(self, obj: object) -> int:
+    def address_of(self, obj: GemObject) -> int:
+        """The object's address here, 0 if this file has no handle to it."""
         with self._lock:
-            return self._by_object.get(id(obj), 0)
+            return self._by_object.get(obj.id, 0)

@@ -17,7 +17,8 @@ from emudev.uapi.types import IOC_READ, IOC_WRITE, ioc
 
 ITERATIONS = 4000
 # Every errno the DRM core or this driver can give for garbage; anything else is a bug.
-EXPECTED = {errno.EINVAL, errno.ENOTTY, errno.EFAULT, errno.EOPNOTSUPP, errno.EACCES, errno.ENOENT, errno.EBADF, errno.ENOMEM, errno.ENOSPC}
+EXPECTED = {errno.EINVAL, errno.ENOTTY, errno.EFAULT, errno.EOPNOTSUPP, errno.EACCES, errno.ENOENT, errno.EBADF,
+            errno.ENOMEM, errno.ENOSPC}
 
 
 def _random_command(rng: random.Random) -> tuple[int, bytearray]:
