@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", action="store_true", help="do not daemonise; log to stderr")
     m.add_argument("--log", help="daemon log file (default /tmp/emudev-<pid>.log when daemonised)")
     m.add_argument("--debug", action="store_true", help="log every open and release")
+    m.add_argument("--no-passthrough", dest="passthrough", action="store_false",
+                   help="map dma-bufs through the page cache even as root (the path ordinary users get)")
     m.set_defaults(func=cmd_mount)
     s = sub.add_parser("status", help="show the daemon serving MOUNTPOINT")
     s.add_argument("mountpoint")
@@ -91,7 +93,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _check_mountpoint(mountpoint)
     log_path = args.log or ("" if args.foreground else f"/tmp/emudev-{os.getpid()}.log")
     config = DaemonConfig(mountpoint=mountpoint, devices=args.devices, workers=args.workers,
-                          device=DeviceConfig(memory_size=args.memory), log_path=log_path)
+                          device=DeviceConfig(memory_size=args.memory), log_path=log_path,
+                          passthrough=args.passthrough)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
         _setup_logging(level, log_path)

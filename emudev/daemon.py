@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -38,6 +39,7 @@ class DaemonConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     workers: int = 2
     log_path: str = ""
+    passthrough: bool = True
 
 
 class MountTree:
@@ -65,6 +67,13 @@ class MountTree:
             nodes.sweep()
 
 
+def _raise_fd_limit() -> None:
+    """BOs in use hold a memfd each: allow as many descriptors as the process may have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
@@ -85,7 +94,8 @@ class Daemon:
     def _attach_prime(self, session: fuse.Session) -> None:
         passthrough = session.conn is not None and session.conn.passthrough
         registry = DmaBufRegistry(DmaBufServices(backing_open=session.backing_open if passthrough else None,
-                                                 backing_close=session.backing_close))
+                                                 backing_close=session.backing_close,
+                                                 invalidate=self._invalidator()))
         prime = Prime(registry, self.tree.tickets, fuse.mount_id(self.mountpoint))
         for device in self.devices:
             device.prime = prime
@@ -97,9 +107,10 @@ class Daemon:
     def run(self, ready: Callable[[], None]) -> None:
         """Mount, report readiness, serve until the kernel ends the connection."""
         root = os.geteuid() == 0
+        _raise_fd_limit()
         fd = fuse.mount(self.mountpoint, allow_other=root)
-        session = self.session = fuse.Session(fd, self.fs, workers=self.config.workers, passthrough=root,
-                                              max_readahead=0)
+        session = self.session = fuse.Session(fd, self.fs, workers=self.config.workers,
+                                              passthrough=root and self.config.passthrough, max_readahead=0)
         server = threading.Thread(target=session.serve, name="fuse-serve", daemon=True)
         server.start()
         session.wait_initialised()

@@ -27,12 +27,14 @@ class CpuView:
         self._invalidate = invalidate
         self._nodeid = nodeid
 
-    def _sync(self, obj: GemObject) -> int | Completion:
-        if self._invalidate is None or not obj.mmap_offset:
+    def begin(self, obj: GemObject, offset: int | None = None) -> int | Completion:
+        """Make the cached pages of `obj`, mapped at `offset` of this inode (default: its
+        fake mmap offset), current; writes cached so far reach device memory first."""
+        start = obj.mmap_offset if offset is None else offset
+        if self._invalidate is None or (offset is None and not start):
             return 0
         done = Completion()
-        self._invalidate(self._nodeid, obj.mmap_offset, obj.size, lambda: done.complete(0))
+        self._invalidate(self._nodeid, start, obj.size, lambda: done.complete(0))
         return done
 
-    begin = _sync
-    end = _sync
+    end = begin

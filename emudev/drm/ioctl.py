@@ -186,4 +186,6 @@ class CommandTable:
             log.exception("%s failed", spec.name)
             result = -errno.EINVAL
         out = size if ioc_dir(cmd) & IOC_READ else 0
+        if isinstance(result, Completion):
+            return IoctlOutcome(0, b"", later=result, kdata=kdata, out_size=out)
         return IoctlOutcome(result, bytes(kdata[:out]))

@@ -18,10 +18,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from emudev.drm.completion import Completion
+from emudev.drm.cpu_view import CpuView, Invalidate
 from emudev.drm.ioctl import CommandTable, ioctl_handler
 from emudev.drm.usermem import UserMemory
-from emudev.fuse import IoctlResult, Request
+from emudev.fuse import Deferred, IoctlResult, Request
 from emudev.gem.object import GemObject
+from emudev.nodes.defer import defer
 from emudev.nodes.tree import OpenFile
 from emudev.uapi import defs
 
@@ -33,10 +36,12 @@ _SYNC_FLAGS = defs.FLAGSETS["dma_buf_sync_flags"]
 
 @dataclass
 class DmaBufServices:
-    """What dma-bufs need from the mount: passthrough backing files (None where not granted)."""
+    """What dma-bufs need from the mount: passthrough backing files (None where not granted),
+    else page-cache invalidation for the coherence of their mappings."""
 
     backing_open: Callable[[int], int] | None
     backing_close: Callable[[int], None]
+    invalidate: Invalidate | None
 
 
 class DmaBuf:
@@ -136,15 +141,18 @@ def _commands() -> CommandTable:
 class DmaBufFile(OpenFile):
     """An open dma-buf: mmap, lseek(SEEK_END), poll and the DMA_BUF_* ioctls."""
 
-    def __init__(self, dmabuf: DmaBuf) -> None:
+    def __init__(self, dmabuf: DmaBuf, nodeid: int) -> None:
         self.dmabuf = dmabuf.get("file")
         self.backing_id = dmabuf.backing_id()
         self.direct_io = False
-        self.keep_cache = False
+        invalidate = None if self.backing_id is not None else dmabuf.registry.services.invalidate
+        self.cpu_view = CpuView(invalidate, nodeid)
 
-    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
+    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult | Deferred:
         outcome = _commands().dispatch(self, cmd, arg, in_data, UserMemory(req.pid))
-        return IoctlResult(outcome.result, outcome.data)
+        if outcome.later is None:
+            return IoctlResult(outcome.result, outcome.data)
+        return defer(req, outcome)
 
     def poll(self, req: Request, kh: int | None, events: int) -> int:
         """Ready for reading and writing while no fence is pending (fences come with jobs)."""
@@ -169,11 +177,13 @@ class DmaBufFile(OpenFile):
 
 
 @ioctl_handler("DMA_BUF_IOCTL_SYNC")
-def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) -> int:
-    """Bracket CPU access; with passthrough the mapping is the BO's pages, already coherent."""
+def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) -> int | Completion:
+    """Bracket CPU access. With passthrough the mapping is the BO's own pages, coherent
+    already; through the page cache, START and END drop the cached pages (writing dirty
+    ones back), as BO_PREP/BO_FINI do for the device fd."""
     if args.flags & ~_SYNC_FLAGS.mask or not args.flags & defs.DMA_BUF_SYNC_RW:
         raise OSError(errno.EINVAL, "bad DMA_BUF_SYNC flags")
-    return 0
+    return file.cpu_view.begin(file.dmabuf.obj, 0)
 
 
 @ioctl_handler("DMA_BUF_SET_NAME")

@@ -37,8 +37,8 @@ def _services(file: DrmFile) -> Prime:
 def export_fd(prime: Prime, dmabuf: DmaBuf, caller_pid: int, flags: int) -> int:
     """A ticket for a new open of `dmabuf` (the outgoing-fd convention of the uapi)."""
     dmabuf.get("ticket")
-    ticket = prime.tickets.issue(caller_pid, lambda req, open_flags: DmaBufFile(dmabuf), dmabuf.size,
-                                 bool(flags & defs.DRM_RDWR), release=lambda: dmabuf.put("ticket"))
+    ticket = prime.tickets.issue(caller_pid, lambda req, open_flags: DmaBufFile(dmabuf, ticket.node.ino),
+                                 dmabuf.size, bool(flags & defs.DRM_RDWR), release=lambda: dmabuf.put("ticket"))
     prime.registry.add_inode(dmabuf, ticket.node.ino)
     return ticket.value
 

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from emudev.drm.cpu_view import CpuView, Invalidate
 from emudev.drm.device import DrmDevice
 from emudev.drm.file import ClientIdentity, DrmFile
-from emudev.drm.ioctl import DrmDispatcher, IoctlOutcome
+from emudev.drm.ioctl import DrmDispatcher
 from emudev.drm.usermem import UserMemory
-from emudev.fuse import DEFERRED, Deferred, IoctlResult, Request
+from emudev.fuse import Deferred, IoctlResult, Request
 from emudev.gem.gem import release_file
+from emudev.nodes.defer import defer
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, OpenFile, Symlink
 
 log = logging.getLogger("emudev.accel")
@@ -69,15 +70,6 @@ class AccelFile(OpenFile):
         release_file(self.file)
         self.file.device.release_file(self.file)
         log.debug("%s: file %d of pid %d closed", self.file.device.name, self.file.id, self.file.client.tgid)
-
-
-def defer(req: Request, outcome: IoctlOutcome) -> Deferred:
-    """Reply when the handler's completion finishes; an interrupted caller gets EINTR."""
-    later = outcome.later
-    assert later is not None
-    later.on_done(lambda result: req.reply_ioctl(result, outcome.finish()))
-    req.on_interrupt(lambda _req: later.complete(-errno.EINTR))
-    return DEFERRED
 
 
 class AccelNodes:
