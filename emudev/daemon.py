@@ -21,11 +21,10 @@ from emudev import fuse
 from emudev.driver.drv import create_devices, create_dispatcher
 from emudev.drm.cpu_view import Invalidate
 from emudev.drm.device import DeviceConfig, DrmDevice
-from emudev.gem.dmabuf import DmaBufRegistry, DmaBufServices
-from emudev.gem.prime import Prime
 from emudev.nodes.accel import AccelNodes
 from emudev.nodes.debugfs import DaemonInfo, clients_text, daemon_text, gem_objects_text, name_text
 from emudev.nodes.fs import NodeFs
+from emudev.nodes.services import MountServices
 from emudev.nodes.tickets import TicketDirectory
 from emudev.nodes.tree import InodeTable, text_file
 
@@ -91,14 +90,14 @@ class Daemon:
             return None
         return lambda nodeid, offset, length, then: session.notify_inval_inode(nodeid, offset, length, then=then)
 
-    def _attach_prime(self, session: fuse.Session) -> None:
+    def _attach_mount(self, session: fuse.Session) -> None:
         passthrough = session.conn is not None and session.conn.passthrough
-        registry = DmaBufRegistry(DmaBufServices(backing_open=session.backing_open if passthrough else None,
-                                                 backing_close=session.backing_close,
-                                                 invalidate=self._invalidator()))
-        prime = Prime(registry, self.tree.tickets, fuse.mount_id(self.mountpoint))
+        services = MountServices(
+            inodes=self.tree.inodes, tickets=self.tree.tickets, mount_id=fuse.mount_id(self.mountpoint),
+            notify_poll=session.notify_poll, invalidate=self._invalidator(),
+            backing_open=session.backing_open if passthrough else None, backing_close=session.backing_close)
         for device in self.devices:
-            device.prime = prime
+            device.mount = services
 
     def _janitor(self) -> None:
         while not self._stopping.wait(0.5):
@@ -114,7 +113,7 @@ class Daemon:
         server = threading.Thread(target=session.serve, name="fuse-serve", daemon=True)
         server.start()
         session.wait_initialised()
-        self._attach_prime(session)
+        self._attach_mount(session)
         threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.stop())

@@ -7,6 +7,7 @@ so a feature that is not built yet answers EOPNOTSUPP as the kernel would.
 
 from __future__ import annotations
 
+import errno
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from emudev.drm.file import ClientIdentity, DrmFile
 from emudev.gem.device import GemDevice
 
 if TYPE_CHECKING:
-    from emudev.gem.prime import Prime
+    from emudev.nodes.services import MountServices
 
 DEFAULT_MEMORY_SIZE = 1 << 30
 
@@ -34,7 +35,7 @@ class DrmDevice:
     features: frozenset[str] = frozenset({"compute_accel"})
     unplugged: bool = False
     gem: GemDevice = field(init=False)
-    prime: Prime | None = None  # set by the daemon once the mount exists
+    mount: MountServices | None = None  # set by the daemon once the mount exists
     _files: dict[int, DrmFile] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -44,6 +45,12 @@ class DrmDevice:
     @property
     def name(self) -> str:
         return f"accel{self.index}"
+
+    def mounted(self) -> MountServices:
+        """The mount serving this device; ENODEV for a device driven without one."""
+        if self.mount is None:
+            raise OSError(errno.ENODEV, "the device is not mounted")
+        return self.mount
 
     def has_feature(self, feature: str) -> bool:
         return feature in self.features

@@ -15,11 +15,10 @@ import logging
 import select
 import threading
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from emudev.drm.completion import Completion
-from emudev.drm.cpu_view import CpuView, Invalidate
+from emudev.drm.cpu_view import CpuView
 from emudev.drm.ioctl import CommandTable, ioctl_handler
 from emudev.drm.usermem import UserMemory
 from emudev.fuse import Deferred, IoctlResult, Request
@@ -28,20 +27,13 @@ from emudev.nodes.defer import defer
 from emudev.nodes.tree import OpenFile
 from emudev.uapi import defs
 
+if TYPE_CHECKING:
+    from emudev.nodes.services import MountServices
+
 log = logging.getLogger("emudev.dmabuf")
 
 _ids = itertools.count(1)
 _SYNC_FLAGS = defs.FLAGSETS["dma_buf_sync_flags"]
-
-
-@dataclass
-class DmaBufServices:
-    """What dma-bufs need from the mount: passthrough backing files (None where not granted),
-    else page-cache invalidation for the coherence of their mappings."""
-
-    backing_open: Callable[[int], int] | None
-    backing_close: Callable[[int], None]
-    invalidate: Invalidate | None
 
 
 class DmaBuf:
@@ -51,10 +43,10 @@ class DmaBuf:
         self.size = obj.size
         self.name = ""
         self.registry = registry
+        self.services = registry.services
         self._refs: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._backing_id: int | None = None
-        self.inodes: set[int] = set()
 
     def get(self, kind: str) -> DmaBuf:
         with self._lock:
@@ -77,26 +69,25 @@ class DmaBuf:
     def backing_id(self) -> int | None:
         """The passthrough backing id of the BO's memfd, registered on first use (None: no passthrough)."""
         with self._lock:
-            if self._backing_id is None and self.registry.services.backing_open is not None:
-                self._backing_id = self.registry.services.backing_open(self.obj.memory.fd())
+            if self._backing_id is None and self.services.backing_open is not None:
+                self._backing_id = self.services.backing_open(self.obj.memory.fd())
             return self._backing_id
 
     def _release(self) -> None:
         """dma_buf_release(): the last reference went; drop the exporter's object."""
         self.registry.forget(self)
         if self._backing_id is not None:
-            self.registry.services.backing_close(self._backing_id)
+            self.services.backing_close(self._backing_id)
         if self.obj.dma_buf is self:
             self.obj.dma_buf = None
         self.obj.put("dmabuf")
 
 
 class DmaBufRegistry:
-    """Every live dma-buf of the mount, found again from the inode of a file a client passes in."""
+    """Every live dma-buf of the mount; an object's export is made once and shared."""
 
-    def __init__(self, services: DmaBufServices) -> None:
+    def __init__(self, services: MountServices) -> None:
         self.services = services
-        self._by_inode: dict[int, DmaBuf] = {}
         self._live: dict[int, DmaBuf] = {}
         self._lock = threading.Lock()
 
@@ -108,20 +99,9 @@ class DmaBufRegistry:
                 self._live[obj.dma_buf.id] = obj.dma_buf
             return obj.dma_buf
 
-    def add_inode(self, dmabuf: DmaBuf, ino: int) -> None:
-        with self._lock:
-            self._by_inode[ino] = dmabuf
-            dmabuf.inodes.add(ino)
-
-    def by_inode(self, ino: int) -> DmaBuf | None:
-        with self._lock:
-            return self._by_inode.get(ino)
-
     def forget(self, dmabuf: DmaBuf) -> None:
         with self._lock:
             self._live.pop(dmabuf.id, None)
-            for ino in dmabuf.inodes:
-                self._by_inode.pop(ino, None)
 
     def live(self) -> list[DmaBuf]:
         with self._lock:
@@ -145,7 +125,7 @@ class DmaBufFile(OpenFile):
         self.dmabuf = dmabuf.get("file")
         self.backing_id = dmabuf.backing_id()
         self.direct_io = False
-        invalidate = None if self.backing_id is not None else dmabuf.registry.services.invalidate
+        invalidate = None if self.backing_id is not None else dmabuf.services.invalidate
         self.cpu_view = CpuView(invalidate, nodeid)
 
     def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult | Deferred:
@@ -191,17 +171,3 @@ def dma_buf_set_name(file: DmaBufFile, args: defs.UapiStruct, user: UserMemory) 
     name = user.read_string(args.name, defs.DMA_BUF_NAME_LEN - 1)
     file.dmabuf.name = name.decode(errors="replace")
     return 0
-
-
-def identify(fd: int, mount_id: int, registry: DmaBufRegistry) -> DmaBuf | None:
-    """The dma-buf behind a descriptor the daemon holds, from /proc/self/fdinfo (no FUSE round trip)."""
-    fields: dict[str, str] = {}
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-    except OSError:
-        return None
-    if int(fields.get("mnt_id", -1)) != mount_id:
-        return None
-    return registry.by_inode(int(fields.get("ino", 0)))
-

@@ -56,13 +56,15 @@ class TicketDirectory(Directory):
         self._numbers = itertools.count(-defs.DRM_EMUDEV_FD_TICKET_MAX)
         self._lock = threading.Lock()
 
-    def issue(self, caller_pid: int, opener: Opener, size: int, writable: bool,
+    def issue(self, caller_pid: int, target: object, opener: Opener, size: int, writable: bool,
               release: Callable[[], None]) -> Ticket:
-        """A ticket for `opener`; its `value` is what the ioctl stores in its fd field."""
+        """A ticket for a file of `target` opened by `opener`; its `value` is what the ioctl
+        stores in its fd field. The node keeps naming `target`, which is how a descriptor of
+        that file is recognised when a client passes it back in."""
         self.sweep()
         number = next(self._numbers)
         node = DeviceFile(name=str(number), mode=stat.S_IFREG | 0o666, file_size=size, transient=True,
-                          entry_timeout=0.0)
+                          entry_timeout=0.0, target=target)
         ticket = Ticket(number, thread_group(caller_pid), writable, node, release)
         node.opener = self._once(ticket, opener)
         self.inodes.add(self, node, listed=False)

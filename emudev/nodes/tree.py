@@ -72,6 +72,7 @@ class DeviceFile(Node):
     mode: int = stat.S_IFREG | 0o666
     opener: Callable[[Request, int], OpenFile] | None = None
     file_size: int = 0
+    target: object = None  # the object (dma-buf, syncobj, sync_file) a ticket's file stands for
 
     def open(self, req: Request, flags: int) -> OpenFile:
         assert self.opener is not None

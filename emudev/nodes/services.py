@@ -1,0 +1,66 @@
+"""What objects living in the device need from the mount that serves them.
+
+Files of dma-bufs, syncobjs and sync_files are handed out as tickets; incoming
+descriptors are recognised by the mount id and inode that /proc/self/fdinfo shows;
+poll waiters are woken and page caches dropped through FUSE notifications.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from emudev.drm.cpu_view import Invalidate
+from emudev.gem.dmabuf import DmaBufRegistry
+from emudev.nodes.tickets import TicketDirectory
+from emudev.nodes.tree import InodeTable
+
+
+@dataclass
+class MountServices:
+    inodes: InodeTable
+    tickets: TicketDirectory
+    mount_id: int
+    notify_poll: Callable[[int], None]
+    invalidate: Invalidate | None
+    backing_open: Callable[[int], int] | None
+    backing_close: Callable[[int], None]
+    dmabufs: DmaBufRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dmabufs = DmaBufRegistry(self)
+
+    def issue_fd(self, caller_pid: int, target: object, opener: Callable[[int], object], size: int,
+                 writable: bool, get: Callable[[], None], put: Callable[[], None]) -> int:
+        """An outgoing descriptor for `target`: take a reference for the ticket, return its value.
+
+        `opener(node_ino)` makes the open file once the ticket is claimed."""
+        get()
+        ticket = self.tickets.issue(caller_pid, target, lambda req, flags: opener(ticket.node.ino), size,
+                                    writable, release=put)
+        return ticket.value
+
+    def identify(self, fd: int) -> object | None:
+        """The object behind a descriptor the daemon holds (a dup of a client's), or None."""
+        fields: dict[str, str] = {}
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
+            return None
+        if int(fields.get("mnt_id", -1)) != self.mount_id:
+            return None
+        try:
+            node = self.inodes.get(int(fields.get("ino", 0)))
+        except OSError:
+            return None
+        return getattr(node, "target", None)
+
+
+def is_eventfd(fd: int) -> bool:
+    """eventfd_ctx_fdget()'s test, from what /proc/self/fdinfo shows of an eventfd."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            return any(line.startswith("eventfd-count:") for line in f)
+    except OSError:
+        return False

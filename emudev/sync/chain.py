@@ -1,0 +1,89 @@
+"""dma_fence_chain: the timeline points of a syncobj (dma-fence-chain.c).
+
+Each point is a chain node wrapping the fence submitted for it and linking to the
+previous head. A node signals once its own fence and every older node have. A
+point added in order shares the previous node's context; an out-of-order point
+starts a new context with seqno max(prev, point) — which is why QUERY can report
+less after an unordered point. A node drops its link to older nodes once it has
+signalled, so a long-running timeline keeps only its unsignalled tail.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from emudev.sync.fence import DmaFence, new_context
+
+
+class FenceChain(DmaFence):
+    __slots__ = ("fence", "prev", "prev_seqno")
+
+    def __init__(self, prev: DmaFence | None, fence: DmaFence, point: int) -> None:
+        prev_chain = prev if isinstance(prev, FenceChain) else None
+        if prev_chain is not None and point > prev_chain.seqno:
+            context, prev_seqno, seqno = prev_chain.context, prev_chain.seqno, point
+        else:
+            context, prev_seqno = new_context(), 0
+            seqno = max(prev_chain.seqno, point) if prev_chain is not None else point
+        super().__init__(context, seqno, "dma_fence_chain", "unbound")
+        self.fence = fence
+        self.prev: DmaFence | None = prev
+        self.prev_seqno = prev_seqno
+        self._arm()
+
+    def _arm(self) -> None:
+        """Signal when the wrapped fence and the previous node both have."""
+        pending = [f for f in (self.fence, self.prev) if f is not None]
+        remaining = [len(pending)]
+        lock = threading.Lock()
+
+        def one_done(_fence: DmaFence) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self.prev = None  # garbage-collect the signalled past
+                self.signal(self.fence.error)
+
+        if not pending:
+            self.signal()
+        for f in pending:
+            f.when_signaled(one_done)
+
+    def contained(self) -> list[DmaFence]:
+        return [self.fence]
+
+    def walk(self) -> list[FenceChain]:
+        """dma_fence_chain_for_each from this node: it and its still-linked older nodes."""
+        nodes: list[FenceChain] = []
+        node: DmaFence | None = self
+        while isinstance(node, FenceChain):
+            nodes.append(node)
+            node = node.prev
+        return nodes
+
+
+def find_seqno(head: DmaFence, point: int) -> tuple[bool, DmaFence | None]:
+    """dma_fence_chain_find_seqno(): (found, fence). Point 0 is the head itself; a point
+    past the head, or any point of a fence that is not a chain, is not found (EINVAL);
+    a point already signalled and collected is found as None (the caller uses a stub)."""
+    if point == 0:
+        return True, head
+    if not isinstance(head, FenceChain) or head.seqno < point:
+        return False, None
+    for node in head.walk():
+        if node.context != head.context or node.prev_seqno < point:
+            return True, node
+    return True, None
+
+
+def last_signaled_point(head: DmaFence) -> int:
+    """SYNCOBJ_QUERY's answer: walk the head's context back to its oldest linked node."""
+    if not isinstance(head, FenceChain):
+        return 0
+    last = head
+    for node in head.walk():
+        if node.context != head.context:
+            break
+        last = node
+    return last.seqno if last.signaled else last.prev_seqno
