@@ -8,6 +8,7 @@ file is closed. No request is left unanswered and no client can hang on us.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
@@ -21,12 +22,14 @@ from emudev import fuse
 from emudev.driver.drv import create_devices, create_dispatcher
 from emudev.drm.cpu_view import Invalidate
 from emudev.drm.device import DeviceConfig, DrmDevice
+from emudev.drm.file import ClientIdentity
 from emudev.nodes.accel import AccelNodes
-from emudev.nodes.debugfs import DaemonInfo, clients_text, daemon_text, gem_objects_text, name_text
+from emudev.nodes.debugfs import DaemonInfo, clients_text, daemon_text, fences_text, gem_objects_text, name_text
 from emudev.nodes.fs import NodeFs
 from emudev.nodes.services import MountServices
 from emudev.nodes.tickets import TicketDirectory
-from emudev.nodes.tree import InodeTable, text_file
+from emudev.nodes.tree import DeviceFile, InodeTable, OpenFile, text_file
+from emudev.sync import sw_sync
 
 log = logging.getLogger("emudev.daemon")
 
@@ -51,6 +54,8 @@ class MountTree:
         accel_dir = self.inodes.mkdir(self.inodes.root, "accel")
         self.tickets = TicketDirectory(self.inodes)
         self.inodes.add(self.inodes.root, self.tickets)
+        self.inodes.add(self.inodes.root, DeviceFile(name="sw_sync", opener=self._open_sw_sync))
+        self.services: MountServices | None = None
         debug_dir = self.inodes.mkdir(self.inodes.root, "debug")
         self.inodes.add(debug_dir, text_file("daemon", lambda: daemon_text(info, devices)))
         self.accel = [AccelNodes(d, dispatcher, self.inodes, accel_dir, invalidate) for d in devices]
@@ -59,6 +64,12 @@ class MountTree:
             self.inodes.add(device_debug, text_file("clients", lambda d=device: clients_text(d)))
             self.inodes.add(device_debug, text_file("name", lambda d=device: name_text(d)))
             self.inodes.add(device_debug, text_file("gem_objects", lambda d=device: gem_objects_text(d)))
+            self.inodes.add(device_debug, text_file("fences", lambda d=device: fences_text(d)))
+
+    def _open_sw_sync(self, req: fuse.Request, flags: int) -> OpenFile:
+        if self.services is None:
+            raise OSError(errno.ENODEV, "not mounted yet")
+        return sw_sync.Timeline(self.services, ClientIdentity.of(req.pid, req.uid).comm)
 
     def sweep(self) -> None:
         self.tickets.sweep()
@@ -76,7 +87,7 @@ def _raise_fd_limit() -> None:
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.mountpoint = os.path.abspath(config.mountpoint)
+        self.mountpoint = os.path.realpath(config.mountpoint)
         self.devices = create_devices(config.devices, config.device)
         info = DaemonInfo(self.mountpoint, time.monotonic(), config.log_path, config.workers)
         self.session: fuse.Session | None = None
@@ -91,11 +102,14 @@ class Daemon:
         return lambda nodeid, offset, length, then: session.notify_inval_inode(nodeid, offset, length, then=then)
 
     def _attach_mount(self, session: fuse.Session) -> None:
-        passthrough = session.conn is not None and session.conn.passthrough
+        """Give the devices what they need from the mount, before the first request is served."""
         services = MountServices(
             inodes=self.tree.inodes, tickets=self.tree.tickets, mount_id=fuse.mount_id(self.mountpoint),
             notify_poll=session.notify_poll, invalidate=self._invalidator(),
-            backing_open=session.backing_open if passthrough else None, backing_close=session.backing_close)
+            backing_open=lambda fd: session.backing_open(fd) if session.wait_initialised().passthrough else None,
+            backing_close=session.backing_close)
+        self.tree.services = services
+        self.tree.inodes.on_unlink = lambda parent, name: session.notify_inval_entry(parent, name.encode())
         for device in self.devices:
             device.mount = services
 
@@ -110,10 +124,10 @@ class Daemon:
         fd = fuse.mount(self.mountpoint, allow_other=root)
         session = self.session = fuse.Session(fd, self.fs, workers=self.config.workers,
                                               passthrough=root and self.config.passthrough, max_readahead=0)
+        self._attach_mount(session)
         server = threading.Thread(target=session.serve, name="fuse-serve", daemon=True)
         server.start()
         session.wait_initialised()
-        self._attach_mount(session)
         threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.stop())
@@ -131,6 +145,8 @@ class Daemon:
         self._stopping.set()
         for device in self.devices:
             device.unplug()
+        if self.tree.services is not None:
+            self.tree.services.pending.cancel_all(errno.ENODEV)
         open_files = len(self.fs.open_files())
         log.info("unplugging: detaching %s (%d open file(s) remain)", self.mountpoint, open_files)
         fuse.unmount(self.mountpoint, lazy=True)

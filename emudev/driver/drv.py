@@ -11,8 +11,9 @@ from emudev.drm import core  # noqa: F401  (registers the core ioctl handlers)
 from emudev.drm.device import DeviceConfig, DrmDevice
 from emudev.drm.ioctl import DrmDispatcher
 from emudev.gem import dmabuf, gem, prime  # noqa: F401  (register the GEM, PRIME and dma-buf handlers)
+from emudev.sync import sw_sync, sync_file, syncobj_ioctl  # noqa: F401  (register the fence handlers)
 
-DRIVER_FEATURES = frozenset({"compute_accel", "gem"})
+DRIVER_FEATURES = frozenset({"compute_accel", "gem", "syncobj", "syncobj_timeline"})
 
 
 def create_devices(count: int, config: DeviceConfig) -> list[DrmDevice]:

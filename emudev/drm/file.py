@@ -72,6 +72,7 @@ class DrmFile:
     id: int = field(default_factory=lambda: next(_ids))
     client_name: str | None = None
     objects: HandleTable = field(default_factory=HandleTable)
+    syncobjs: HandleTable = field(default_factory=HandleTable)
     # PRIME's per-file lookup (drm_prime_file_private), both ways: handle <-> dma-buf.
     prime: dict = field(default_factory=dict)
     prime_handles: dict = field(default_factory=dict)

@@ -55,3 +55,12 @@ def caller_fd(pid: int, fd: int) -> Iterator[int]:
         yield dup
     finally:
         os.close(dup)
+
+
+def is_eventfd(fd: int) -> bool:
+    """eventfd_ctx_fdget()'s test, from what /proc/self/fdinfo shows of an eventfd."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            return any(line.startswith("eventfd-count:") for line in f)
+    except OSError:
+        return False

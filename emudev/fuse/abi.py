@@ -165,5 +165,6 @@ DIRENT = _layout("QQII", 24)  # ino off namelen type, then the name padded to 8 
 NOTIFY_POLL_WAKEUP_OUT = _layout("Q", 8)  # kh
 NOTIFY_INVAL_INODE_OUT = _layout("Qqq", 24)  # ino off len
 NOTIFY_STORE_OUT = _layout("QQII", 24)  # nodeid offset size padding
+NOTIFY_INVAL_ENTRY_OUT = _layout("QII", 16)  # parent namelen flags
 
 BACKING_MAP = _layout("iIQ", 16)  # fd flags padding

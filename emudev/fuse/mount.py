@@ -161,8 +161,11 @@ def _umount_error(err: int, path: str) -> MountError:
 
 
 def mount_id(mountpoint: str) -> int:
-    """The mount's id as /proc/*/fdinfo reports it (mnt_id) for files opened through it."""
-    target = os.fsencode(os.path.realpath(mountpoint))
+    """The mount's id as /proc/*/fdinfo reports it (mnt_id) for files opened through it.
+
+    `mountpoint` must be absolute and free of symlinks: resolving it here would stat the
+    mount, a request that the daemon asking may not be able to serve yet."""
+    target = os.fsencode(mountpoint)
     with open("/proc/self/mountinfo", "rb") as f:
         ids = [int(line.split(b" ")[0]) for line in f if _unescape(line.split(b" ")[4]) == target]
     if not ids:

@@ -242,6 +242,12 @@ class Session:
         self._notifier.send(self._notification(abi.NotifyCode.INVAL_INODE, abi.NOTIFY_INVAL_INODE_OUT.pack(
             nodeid, offset, length)), wait=wait, then=then)
 
+    def notify_inval_entry(self, parent: int, name: bytes) -> None:
+        """Make the kernel forget the dentry ``name`` in ``parent``, so an inode nobody uses any
+        more is evicted and FORGET comes. Sent from the notifier thread, like INVAL_INODE."""
+        self._notifier.send(self._notification(abi.NotifyCode.INVAL_ENTRY, abi.NOTIFY_INVAL_ENTRY_OUT.pack(
+            parent, len(name), 0), name + b"\0"), wait=False)
+
     def notify_store(self, nodeid: int, offset: int, data: bytes, *, wait: bool = False,
                      then: Callable[[], None] | None = None) -> None:
         """Put ``data`` into the kernel's page cache of ``nodeid`` at ``offset``; existing mappings see it.

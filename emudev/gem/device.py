@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+from typing import TYPE_CHECKING
 
 from emudev.gem.handles import HandleTable
 from emudev.gem.memory import BoMemory, DeviceMemory
 from emudev.gem.object import GemObject, MmapOffsets
+
+if TYPE_CHECKING:
+    from emudev.gem.dmabuf import DmaBuf
 
 _memfd_names = itertools.count(1)
 
@@ -28,9 +32,10 @@ class GemDevice:
         obj = GemObject(self, size, flags, memory, on_free=self._free)
         return self._track(obj, mappable)
 
-    def wrap_import(self, size: int, flags: int, memory: BoMemory, attach: object, mappable: bool) -> GemObject:
+    def wrap_import(self, exporter: GemObject, attach: DmaBuf, mappable: bool) -> GemObject:
         """An object of this device over another device's memory (a PRIME import)."""
-        obj = GemObject(self, size, flags, memory, on_free=self._free, import_attach=attach)
+        obj = GemObject(self, exporter.size, exporter.flags, exporter.memory, on_free=self._free,
+                        import_attach=attach, resv=exporter.resv)
         return self._track(obj, mappable)
 
     def _track(self, obj: GemObject, mappable: bool) -> GemObject:

@@ -25,6 +25,10 @@ from emudev.fuse import Deferred, IoctlResult, Request
 from emudev.gem.object import GemObject
 from emudev.nodes.defer import defer
 from emudev.nodes.tree import OpenFile
+from emudev.sync import sync_file
+from emudev.sync.array import merge, unwrap
+from emudev.sync.fence_wait import Result, then, wait_all
+from emudev.sync.resv import Usage
 from emudev.uapi import defs
 
 if TYPE_CHECKING:
@@ -132,11 +136,24 @@ class DmaBufFile(OpenFile):
         outcome = _commands().dispatch(self, cmd, arg, in_data, UserMemory(req.pid))
         if outcome.later is None:
             return IoctlResult(outcome.result, outcome.data)
-        return defer(req, outcome)
+        return defer(req, outcome, self.dmabuf.services.pending)
 
     def poll(self, req: Request, kh: int | None, events: int) -> int:
-        """Ready for reading and writing while no fence is pending (fences come with jobs)."""
-        return select.POLLIN | select.POLLOUT
+        """dma_buf_poll(): POLLIN once the writers are done, POLLOUT once everyone is; a poller
+        that has to wait is woken when the fences it waits for signal."""
+        resv = self.dmabuf.obj.resv
+        ready = 0
+        for bit, usage in ((select.POLLIN, Usage.WRITE), (select.POLLOUT, Usage.READ)):
+            if not events & bit:
+                continue
+            pending = resv.fences(usage)
+            if not pending:
+                ready |= bit
+            elif kh is not None:
+                wait = wait_all(pending, None)
+                if isinstance(wait, Completion):
+                    wait.on_done(lambda _result, kh=kh: self.dmabuf.services.notify_poll(kh))
+        return ready
 
     def read(self, req: Request, offset: int, size: int) -> bytes:
         """Page-cache faults of a mapping without passthrough; never short inside the BO."""
@@ -157,13 +174,44 @@ class DmaBufFile(OpenFile):
 
 
 @ioctl_handler("DMA_BUF_IOCTL_SYNC")
-def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) -> int | Completion:
-    """Bracket CPU access. With passthrough the mapping is the BO's own pages, coherent
+def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) -> Result:
+    """Bracket CPU access. START first waits for the device (the writers before a read,
+    everyone before a write). With passthrough the mapping is the BO's own pages, coherent
     already; through the page cache, START and END drop the cached pages (writing dirty
     ones back), as BO_PREP/BO_FINI do for the device fd."""
     if args.flags & ~_SYNC_FLAGS.mask or not args.flags & defs.DMA_BUF_SYNC_RW:
         raise OSError(errno.EINVAL, "bad DMA_BUF_SYNC flags")
-    return file.cpu_view.begin(file.dmabuf.obj, 0)
+    obj = file.dmabuf.obj
+    if args.flags & defs.DMA_BUF_SYNC_END:
+        return file.cpu_view.end(obj, 0)
+    usage = Usage.READ if args.flags & defs.DMA_BUF_SYNC_WRITE else Usage.WRITE
+    return then(wait_all(obj.resv.fences(usage), None), lambda: file.cpu_view.begin(obj, 0))
+
+
+def _sync_file_usage(flags: int) -> Usage:
+    """dma_resv_usage_rw(): a writer conflicts with every user, a reader with the writers."""
+    if flags & ~defs.DMA_BUF_SYNC_RW or not flags & defs.DMA_BUF_SYNC_RW:
+        raise OSError(errno.EINVAL, "flags must be a non-empty subset of READ | WRITE")
+    return Usage.READ if flags & defs.DMA_BUF_SYNC_WRITE else Usage.WRITE
+
+
+@ioctl_handler("DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
+def export_sync_file(file: DmaBufFile, args: defs.dma_buf_export_sync_file, user: UserMemory) -> int:
+    fences = file.dmabuf.obj.resv.fences(_sync_file_usage(args.flags))
+    args.fd = sync_file.export(file.dmabuf.services, user.pid, merge(fences))
+    return 0
+
+
+@ioctl_handler("DMA_BUF_IOCTL_IMPORT_SYNC_FILE")
+def import_sync_file(file: DmaBufFile, args: defs.dma_buf_import_sync_file, user: UserMemory) -> int:
+    """The sync_file's fences join the dma-buf's: as writers with WRITE, else as readers."""
+    usage = Usage.WRITE if _sync_file_usage(args.flags) == Usage.READ else Usage.READ
+    fence = sync_file.fence_of(file.dmabuf.services, user.pid, args.fd)
+    if fence is None:
+        raise OSError(errno.EINVAL, "not a sync_file")
+    for member in unwrap(fence):
+        file.dmabuf.obj.resv.add(member, usage)
+    return 0
 
 
 @ioctl_handler("DMA_BUF_SET_NAME")

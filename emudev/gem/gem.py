@@ -10,6 +10,8 @@ from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
 from emudev.gem.memory import page_align
 from emudev.gem.object import GemObject
+from emudev.sync.fence_wait import Result, then, wait_all
+from emudev.sync.resv import Usage
 from emudev.uapi import defs
 
 log = logging.getLogger("emudev.gem")
@@ -140,24 +142,27 @@ def bo_info(file: DrmFile, args: defs.drm_emudev_bo_info, user: UserMemory) -> i
 
 
 @ioctl_handler("DRM_IOCTL_EMUDEV_BO_WAIT")
-def bo_wait(file: DrmFile, args: defs.drm_emudev_bo_wait, user: UserMemory) -> int:
-    """No fence can be pending before jobs exist, so the wait ends at once."""
+def bo_wait(file: DrmFile, args: defs.drm_emudev_bo_wait, user: UserMemory) -> Result:
+    """Every fence of the BO, readers and writers alike (drm_gem_dma_resv_wait)."""
     if args.pad:
         raise OSError(errno.EINVAL, "pad must be zero")
-    lookup(file, args.handle)
-    return 0
+    obj = lookup(file, args.handle)
+    return wait_all(obj.resv.fences(Usage.BOOKKEEP), args.timeout_ns)
 
 
 @ioctl_handler("DRM_IOCTL_EMUDEV_BO_PREP")
-def bo_prep(file: DrmFile, args: defs.drm_emudev_bo_prep, user: UserMemory) -> int:
+def bo_prep(file: DrmFile, args: defs.drm_emudev_bo_prep, user: UserMemory) -> Result:
+    """A reader waits for the device's writers, a writer for every device user; then the
+    CPU view is made current."""
     if not args.flags or args.flags & ~_PREP_FLAGS.mask:
         raise OSError(errno.EINVAL, "bad PREP flags")
     obj = lookup(file, args.handle)
-    return file.cpu_view.begin(obj)
+    usage = Usage.READ if args.flags & defs.DRM_EMUDEV_PREP_WRITE else Usage.WRITE
+    return then(wait_all(obj.resv.fences(usage), args.timeout_ns), lambda: file.cpu_view.begin(obj))
 
 
 @ioctl_handler("DRM_IOCTL_EMUDEV_BO_FINI")
-def bo_fini(file: DrmFile, args: defs.drm_emudev_bo_fini, user: UserMemory) -> int:
+def bo_fini(file: DrmFile, args: defs.drm_emudev_bo_fini, user: UserMemory) -> Result:
     if args.pad:
         raise OSError(errno.EINVAL, "pad must be zero")
     obj = lookup(file, args.handle)

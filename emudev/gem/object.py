@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emudev.gem.memory import PAGE_SIZE, BoMemory
+from emudev.sync.resv import Reservation
 
 if TYPE_CHECKING:
     from emudev.gem.dmabuf import DmaBuf
@@ -29,11 +30,17 @@ MMAP_OFFSET_START = 1 << 32
 _ids = itertools.count(1)
 
 
+# Each BO's offsets start a slot of at least this many bytes: the rest of the slot is
+# a guard, so a mapping that runs past the end of its BO faults.
+MMAP_SLOT = 1 << 32
+
+
 class MmapOffsets:
     """Fake mmap offsets, unique per BO and never reused.
 
-    Each BO's range is followed by a guard range of the same size (at least 1 MiB),
-    so a mapping that runs past the end of one BO faults instead of reaching the next.
+    A BO owns a slot of at least 4 GiB (twice its size rounded up to a power of two
+    when larger), so a mapping longer than its BO meets unbacked offsets, not the next
+    BO. The space (up to 2^60) holds hundreds of millions of slots.
     """
 
     def __init__(self) -> None:
@@ -45,7 +52,7 @@ class MmapOffsets:
     def assign(self, obj: GemObject) -> int:
         with self._lock:
             offset = self._next
-            self._next += obj.size + max(obj.size, 1 << 20)
+            self._next += max(MMAP_SLOT, 1 << (2 * obj.size - 1).bit_length())
             self._starts.append(offset)
             self._objects[offset] = obj
             return offset
@@ -68,13 +75,16 @@ class MmapOffsets:
 
 class GemObject:
     def __init__(self, device: object, size: int, flags: int, memory: BoMemory,
-                 on_free: Callable[[GemObject], None], import_attach: DmaBuf | None = None) -> None:
+                 on_free: Callable[[GemObject], None], import_attach: DmaBuf | None = None,
+                 resv: Reservation | None = None) -> None:
         self.id = next(_ids)
         self.device = device
         self.size = size
         self.flags = flags
         self.memory = memory
         self.import_attach = import_attach
+        # An import shares its exporter's reservation object, as dma_buf->resv is shared.
+        self.resv = resv or Reservation()
         self.dma_buf: DmaBuf | None = None
         self.name = 0
         self.mmap_offset = 0

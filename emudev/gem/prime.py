@@ -61,6 +61,5 @@ def _import(file: DrmFile, dmabuf: DmaBuf) -> GemObject:
     exporter = dmabuf.obj
     if exporter.device is file.device.gem:
         return exporter
-    gem = file.device.gem
-    return gem.wrap_import(dmabuf.size, exporter.flags, exporter.memory, dmabuf.get("import"),
-                           mappable=bool(exporter.flags & defs.DRM_EMUDEV_BO_MAPPABLE))
+    return file.device.gem.wrap_import(exporter, dmabuf.get("import"),
+                                       mappable=bool(exporter.flags & defs.DRM_EMUDEV_BO_MAPPABLE))

@@ -24,6 +24,7 @@ from emudev.fuse import Deferred, IoctlResult, Request
 from emudev.gem.gem import release_file
 from emudev.nodes.defer import defer
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, OpenFile, Symlink
+from emudev.sync.syncobj_ioctl import release_file as release_syncobjs
 
 log = logging.getLogger("emudev.accel")
 
@@ -44,7 +45,7 @@ class AccelFile(OpenFile):
         outcome = self.dispatcher.dispatch(self.file, cmd, in_data, UserMemory(req.pid))
         if outcome.later is None:
             return IoctlResult(result=outcome.result, data=outcome.data)
-        return defer(req, outcome)
+        return defer(req, outcome, self.file.device.mount.pending if self.file.device.mount else None)
 
     def _accessible(self, offset: int) -> tuple[memoryview, int]:
         """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible."""
@@ -68,6 +69,7 @@ class AccelFile(OpenFile):
 
     def release(self) -> None:
         release_file(self.file)
+        release_syncobjs(self.file)
         self.file.device.release_file(self.file)
         log.debug("%s: file %d of pid %d closed", self.file.device.name, self.file.id, self.file.client.tgid)
 

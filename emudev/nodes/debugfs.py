@@ -46,6 +46,18 @@ def gem_objects_text(device: DrmDevice) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fences_text(device: DrmDevice) -> str:
+    """Every syncobj of every open file: its fence (or timeline head), points and waiters."""
+    lines = [f"{'file':>5} {'handle':>6} {'syncobj':>7} {'state':>9} {'point':>8} {'waiters':>7}  fence"]
+    for file in sorted(device.files(), key=lambda f: f.id):
+        for handle, syncobj in sorted(file.syncobjs.items()):
+            fence = syncobj.fence()
+            state = "empty" if fence is None else ("signalled" if fence.signaled else "pending")
+            lines.append(f"{file.id:>5} {handle:>6} {syncobj.id:>7} {state:>9} {syncobj.query(True):>8} "
+                         f"{syncobj.waiters():>7}  {fence!r}")
+    return "\n".join(lines) + "\n"
+
+
 def name_text(device: DrmDevice) -> str:
     return f"emudev dev={device.name} unplugged={'yes' if device.unplugged else 'no'}\n"
 

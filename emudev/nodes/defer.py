@@ -3,15 +3,47 @@
 from __future__ import annotations
 
 import errno
+import threading
 
+from emudev.drm.completion import Completion
 from emudev.drm.ioctl import IoctlOutcome
 from emudev.fuse import DEFERRED, Deferred, Request
 
 
-def defer(req: Request, outcome: IoctlOutcome) -> Deferred:
+class PendingWaits:
+    """Every deferred ioctl of a mount, so that unplugging can end them all (ENODEV):
+    a client blocked in a wait must never outlive the device it waits on."""
+
+    def __init__(self) -> None:
+        self._waits: set[Completion] = set()
+        self._lock = threading.Lock()
+
+    def add(self, completion: Completion) -> None:
+        with self._lock:
+            self._waits.add(completion)
+        completion.on_cleanup(lambda: self._discard(completion))
+
+    def _discard(self, completion: Completion) -> None:
+        with self._lock:
+            self._waits.discard(completion)
+
+    def cancel_all(self, error: int) -> None:
+        with self._lock:
+            waits = list(self._waits)
+        for completion in waits:
+            completion.complete(-error)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._waits)
+
+
+def defer(req: Request, outcome: IoctlOutcome, pending: PendingWaits | None) -> Deferred:
     """Reply when the handler's completion finishes; an interrupted caller gets EINTR."""
     later = outcome.later
     assert later is not None
+    if pending is not None:
+        pending.add(later)
     later.on_done(lambda result: req.reply_ioctl(result, outcome.finish()))
     req.on_interrupt(lambda _req: later.complete(-errno.EINTR))
     return DEFERRED

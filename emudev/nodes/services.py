@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from emudev.drm.cpu_view import Invalidate
 from emudev.gem.dmabuf import DmaBufRegistry
+from emudev.nodes.defer import PendingWaits
 from emudev.nodes.tickets import TicketDirectory
 from emudev.nodes.tree import InodeTable
 
@@ -23,9 +24,10 @@ class MountServices:
     mount_id: int
     notify_poll: Callable[[int], None]
     invalidate: Invalidate | None
-    backing_open: Callable[[int], int] | None
+    backing_open: Callable[[int], int | None] | None
     backing_close: Callable[[int], None]
     dmabufs: DmaBufRegistry = field(init=False)
+    pending: PendingWaits = field(default_factory=PendingWaits)
 
     def __post_init__(self) -> None:
         self.dmabufs = DmaBufRegistry(self)
@@ -55,12 +57,3 @@ class MountServices:
         except OSError:
             return None
         return getattr(node, "target", None)
-
-
-def is_eventfd(fd: int) -> bool:
-    """eventfd_ctx_fdget()'s test, from what /proc/self/fdinfo shows of an eventfd."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            return any(line.startswith("eventfd-count:") for line in f)
-    except OSError:
-        return False

@@ -117,6 +117,8 @@ class InodeTable:
         self.root = Directory(name="", ino=ROOT_INO)
         self._nodes: dict[int, Node] = {ROOT_INO: self.root}
         self._hidden: dict[int, dict[str, Node]] = {}
+        # Tells the kernel a name is gone (FUSE_NOTIFY_INVAL_ENTRY) once the mount is live.
+        self.on_unlink: Callable[[int, str], None] | None = None
 
     def add(self, parent: Directory, node: Node, *, listed: bool = True) -> Node:
         """Give `node` an inode under `parent`; unlisted nodes are found by lookup only."""
@@ -131,7 +133,8 @@ class InodeTable:
         return node
 
     def unlink(self, node: Node) -> None:
-        """Make `node` unreachable by name; its inode lives on until forgotten."""
+        """Make `node` unreachable by name; its inode lives on until the kernel forgets it,
+        which it is told to do by dropping the name from its dentry cache."""
         with self._lock:
             if node.parent is not None:
                 for names in (node.parent.children, self._hidden.get(node.parent.ino, {})):
@@ -139,6 +142,8 @@ class InodeTable:
                         del names[node.name]
             if node.transient and node.nlookup == 0:
                 self._nodes.pop(node.ino, None)
+        if node.parent is not None and self.on_unlink is not None:
+            self.on_unlink(node.parent.ino, node.name)
 
     def looked_up(self, node: Node) -> None:
         with self._lock:

@@ -51,7 +51,8 @@ class FenceChain(DmaFence):
             f.when_signaled(one_done)
 
     def contained(self) -> list[DmaFence]:
-        return [self.fence]
+        """What dma_fence_unwrap sees: the fences of every node still linked."""
+        return [node.fence for node in self.walk()]
 
     def walk(self) -> list[FenceChain]:
         """dma_fence_chain_for_each from this node: it and its still-linked older nodes."""

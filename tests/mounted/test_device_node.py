@@ -36,7 +36,7 @@ def test_version_caps_params(dev, emudev_shared_mount):
     info = dev.info()
     assert (info.version.name, info.version.date) == ("emudev", "0")
     assert info.caps == {"DRM_CAP_PRIME": 3, "DRM_CAP_TIMESTAMP_MONOTONIC": 1,
-                         "DRM_CAP_SYNCOBJ": 0, "DRM_CAP_SYNCOBJ_TIMELINE": 0}
+                         "DRM_CAP_SYNCOBJ": 1, "DRM_CAP_SYNCOBJ_TIMELINE": 1}
     with Device(emudev_shared_mount.node(1)) as second:
         assert second.get_param(defs.DRM_EMUDEV_PARAM_DEVICE_INDEX) == 1
 

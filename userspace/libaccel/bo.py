@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import mmap
 import os
 from collections.abc import Iterator
@@ -13,9 +15,12 @@ import numpy as np
 from emudev.uapi import defs
 from userspace.libaccel.fd import claim_fd
 from userspace.libaccel.ioctl import drm_ioctl
+from userspace.libaccel.sync import SyncFile
 
 if TYPE_CHECKING:
     from userspace.libaccel.device import Device
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 MAPPABLE = defs.DRM_EMUDEV_BO_MAPPABLE
 DEVICE_READ_ONLY = defs.DRM_EMUDEV_BO_DEVICE_READ_ONLY
@@ -45,16 +50,30 @@ class DmaBuf:
         drm_ioctl(self.fd, defs.IOCTLS_BY_NAME["DMA_BUF_IOCTL_SYNC"], defs.dma_buf_sync(flags=flags))
 
     def set_name(self, name: str) -> None:
-        import ctypes
-        import fcntl
-
+        """DMA_BUF_SET_NAME takes the string's address itself as the ioctl argument, which
+        fcntl.ioctl cannot pass (it narrows integers to a C int), so libc's ioctl is called."""
         buf = ctypes.create_string_buffer(name.encode())
-        fcntl.ioctl(self.fd, defs.DMA_BUF_SET_NAME_B, ctypes.addressof(buf))
+        while _libc.ioctl(self.fd, ctypes.c_ulong(defs.DMA_BUF_SET_NAME_B), ctypes.c_void_p(ctypes.addressof(buf))):
+            err = ctypes.get_errno()
+            if err not in (errno.EINTR, errno.EAGAIN):
+                raise OSError(err, f"DMA_BUF_SET_NAME: {os.strerror(err)}")
 
     def map(self, writable: bool = True) -> np.ndarray:
         """The dma-buf's bytes as a uint8 array (the mapping lives as long as the array)."""
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         return np.frombuffer(mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, prot), dtype=np.uint8)
+
+    def export_sync_file(self, write: bool = False) -> SyncFile:
+        """The implicit fences as a sync_file: the writers', or everyone's with `write`."""
+        args = defs.dma_buf_export_sync_file(flags=defs.DMA_BUF_SYNC_RW if write else defs.DMA_BUF_SYNC_READ)
+        drm_ioctl(self.fd, defs.IOCTLS_BY_NAME["DMA_BUF_IOCTL_EXPORT_SYNC_FILE"], args)
+        return SyncFile(claim_fd(self.fd, args.fd, defs.DRM_CLOEXEC))
+
+    def import_sync_file(self, sync_file: SyncFile, write: bool = True) -> None:
+        """Add a sync_file's fence to the implicit fences, as a writer or as a reader."""
+        args = defs.dma_buf_import_sync_file(flags=defs.DMA_BUF_SYNC_WRITE if write else defs.DMA_BUF_SYNC_READ,
+                                             fd=sync_file.fd)
+        drm_ioctl(self.fd, defs.IOCTLS_BY_NAME["DMA_BUF_IOCTL_IMPORT_SYNC_FILE"], args)
 
     @contextmanager
     def cpu_access(self, write: bool = True) -> Iterator[np.ndarray]:

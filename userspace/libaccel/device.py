@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from emudev.uapi import defs
 from userspace.libaccel.bo import Bo
 from userspace.libaccel.ioctl import drm_ioctl
+from userspace.libaccel.sync import Syncobj
 
 MOUNT_ENV = "EMUDEV_MOUNT"
 
@@ -123,6 +124,9 @@ class Device:
         args = defs.drm_prime_handle(fd=fd)
         self.ioctl("DRM_IOCTL_PRIME_FD_TO_HANDLE", args)
         return Bo(self, args.handle)
+
+    def create_syncobj(self, signaled: bool = False) -> Syncobj:
+        return Syncobj.create(self, signaled)
 
     def info(self) -> DeviceInfo:
         caps = {name: self.get_cap(getattr(defs, name)) for name in _CAPS}

@@ -13,14 +13,18 @@ import os
 from emudev.uapi import defs
 
 
-def claim_fd(device_fd: int, value: int, flags: int) -> int:
-    """The descriptor an ioctl returned in an fd field with DRM_CLOEXEC/DRM_RDWR `flags`."""
+def claim_fd(device_fd: int, value: int, flags: int, mount_levels: int = 2) -> int:
+    """The descriptor an ioctl on `device_fd` returned in an fd field, asked with
+    DRM_CLOEXEC/DRM_RDWR `flags`. The mount is `mount_levels` directories above the file
+    `device_fd` is open on: two for MOUNT/accel/accelN, one for files at the mount's top
+    (MOUNT/sw_sync) and for sync_files (MOUNT/fd/n)."""
     if value >= 0:
         return value
     if value > defs.DRM_EMUDEV_FD_TICKET_MAX:
         raise OSError(errno.EINVAL, f"fd field holds {value}: neither a descriptor nor a ticket")
-    node = os.readlink(f"/proc/self/fd/{device_fd}")
-    mount = os.path.dirname(os.path.dirname(node))
+    mount = os.readlink(f"/proc/self/fd/{device_fd}")
+    for _ in range(mount_levels):
+        mount = os.path.dirname(mount)
     mode = os.O_RDWR if flags & defs.DRM_RDWR else os.O_RDONLY
     cloexec = os.O_CLOEXEC if flags & defs.DRM_CLOEXEC else 0
     return os.open(os.path.join(mount, "fd", str(-value)), mode | cloexec)

@@ -1,0 +1,58 @@
+"""dma_fence_array and dma_fence_unwrap_merge: one fence standing for several (sync_file merge)."""
+
+from __future__ import annotations
+
+import threading
+
+from emudev.sync.fence import DmaFence, new_context, signaled_stub
+
+
+class FenceArray(DmaFence):
+    """Signals once every member has; its error is the first member error."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: list[DmaFence]) -> None:
+        super().__init__(new_context(), 1, "dma_fence_array", "unbound")
+        self.members = members
+        remaining = [len(members)]
+        lock = threading.Lock()
+
+        def one_done(_fence: DmaFence) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self.signal(next((m.error for m in members if m.error), 0))
+
+        for member in members:
+            member.when_signaled(one_done)
+
+    def contained(self) -> list[DmaFence]:
+        return [f for m in self.members for f in m.contained()]
+
+
+def unwrap(fence: DmaFence) -> list[DmaFence]:
+    """dma_fence_unwrap_for_each: the plain fences inside arrays and chains."""
+    inner = fence.contained()
+    if inner == [fence]:
+        return [fence]
+    return [f for i in inner for f in unwrap(i)]
+
+
+def merge(fences: list[DmaFence]) -> DmaFence:
+    """dma_fence_unwrap_merge(): the pending plain fences, one per context (the later one);
+    a stub stamped with the latest signal time when none is pending."""
+    pending: dict[int, DmaFence] = {}
+    latest = 0
+    for fence in (f for outer in fences for f in unwrap(outer)):
+        if fence.signaled:
+            latest = max(latest, fence.timestamp_ns)
+        elif fence.context not in pending or fence.seqno > pending[fence.context].seqno:
+            pending[fence.context] = fence
+    if not pending:
+        stub = signaled_stub()
+        stub.timestamp_ns = latest or stub.timestamp_ns
+        return stub
+    members = sorted(pending.values(), key=lambda f: f.context)
+    return members[0] if len(members) == 1 else FenceArray(members)

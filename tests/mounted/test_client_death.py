@@ -1,0 +1,316 @@
+"""A client killed outright (SIGKILL) leaves nothing behind in the daemon but what others still hold.
+
+The victim is a forked process holding BOs, CPU mappings through both paths, and
+dma-buf descriptors, some of them already passed to the surviving test process over
+a unix socket. After the kill, debug/accel0/gem_objects must show exactly what the
+survivor keeps, byte for byte intact, and the daemon must not grow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import pickle
+import random
+import re
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from emudev.uapi import defs
+from userspace.libaccel import Device, DmaBuf
+
+PAGE = mmap.PAGESIZE
+IPC_TIMEOUT = 10.0
+WARMUP = 3
+ITERATIONS = 20
+RSS_GROWTH_LIMIT = 16 << 20
+
+# What the victim makes, by name and size in pages (sizes are distinct, so gem_objects rows tell them apart).
+IMPORTED, KEPT, DROPPED, PRIVATE, PLAIN = "imported", "kept", "dropped", "private", "plain"
+PLAN = {IMPORTED: 3, KEPT: 2, DROPPED: 6, PRIVATE: 5, PLAIN: 7}
+SENT = (IMPORTED, KEPT, DROPPED)  # their dma-bufs go to the survivor, in this order
+UNMAPPABLE_PAGES = 9
+
+
+@pytest.fixture
+def mount(emudev_mount):
+    """`emudev_mount` once the daemon has logged that it serves: its nodes answer a little earlier,
+    before PRIME and the fd tickets are attached to the devices (exports then fail with ENODEV)."""
+    deadline = time.monotonic() + 10.0
+    while "emudev.daemon INFO serving " not in emudev_mount.log_text():
+        assert time.monotonic() < deadline, f"the daemon never logged that it serves:\n{emudev_mount.log_text()}"
+        time.sleep(0.005)
+    return emudev_mount
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+class Channel:
+    """One end of a SOCK_SEQPACKET socketpair: a pickled value and optional fds per message."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.settimeout(IPC_TIMEOUT)
+
+    def send(self, value: Any = None, fds: list[int] | tuple[int, ...] = ()) -> None:
+        data = pickle.dumps(value)
+        if fds:
+            socket.send_fds(self.sock, [data], list(fds))
+        else:
+            self.sock.sendall(data)
+
+    def recv(self) -> tuple[Any, list[int]]:
+        data, fds, flags, _ = socket.recv_fds(self.sock, 1 << 20, 16)
+        if not data:
+            raise EOFError("the peer closed its end")
+        assert not flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC), "message or descriptors truncated"
+        return pickle.loads(data), fds
+
+
+@dataclass
+class Child:
+    pid: int
+    chan: Channel
+    errors: int
+    status: int | None = None
+
+    def wait(self, timeout: float = IPC_TIMEOUT) -> int:
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"child {self.pid} did not end within {timeout}s")
+            else:
+                time.sleep(0.002)
+        return self.status
+
+    def recv(self) -> tuple[Any, list[int]]:
+        """The child's next message; if it died instead, its traceback is the failure."""
+        try:
+            return self.chan.recv()
+        except EOFError:
+            self.wait()
+            text = os.read(self.errors, 1 << 16).decode(errors="replace")
+            raise AssertionError(f"child ended ({self.status:#x}) before answering:\n{text}") from None
+
+    def kill(self) -> int:
+        os.kill(self.pid, signal.SIGKILL)
+        return self.wait()
+
+
+@contextmanager
+def forked(body: Callable[[Channel], None]) -> Iterator[Child]:
+    """Run body(channel) in a forked child; whatever happens, the child is gone afterwards."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            mine.close()
+            os.close(err_r)
+            body(Channel(theirs))
+            code = 0
+        except BaseException:
+            try:
+                os.write(err_w, traceback.format_exc().encode())
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+    theirs.close()
+    os.close(err_w)
+    child = Child(pid, Channel(mine), err_r)
+    try:
+        yield child
+    finally:
+        if child.status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        mine.close()
+        os.close(err_r)
+
+
+# --- the daemon's view -----------------------------------------------------------------------
+
+_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(yes|no)\s+(yes|no)\s*(\S*)$")
+_TOTAL = re.compile(r"^total: (\d+) objects, (\d+) bytes; device memory (\d+) of (\d+) bytes in use$")
+
+
+@dataclass(frozen=True)
+class GemObjects:
+    sizes: list[int]  # one per live BO, ascending
+    handles: dict[int, int]  # size -> handle count (sizes are distinct in these tests)
+    used: int
+    text: str
+
+
+def gem_objects(mount) -> GemObjects:
+    text = mount.debug("accel0", "gem_objects")
+    lines = text.splitlines()
+    rows = [_ROW.match(line) for line in lines[1:-1]]
+    assert all(rows), text
+    total = _TOTAL.match(lines[-1])
+    assert total, text
+    assert int(total[1]) == len(rows), text
+    return GemObjects(sorted(int(r[2]) for r in rows), {int(r[2]): int(r[3]) for r in rows}, int(total[3]), text)
+
+
+def wait_gem(mount, condition: Callable[[GemObjects], bool], timeout: float = 3.0) -> GemObjects:
+    """Poll gem_objects until `condition` holds: a dead client's files are released asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = gem_objects(mount)
+        if condition(state):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gem_objects after {timeout}s:\n{state.text}")
+        time.sleep(0.005)
+
+
+def idle(state: GemObjects) -> bool:
+    return not state.sizes and state.used == 0
+
+
+# --- contents --------------------------------------------------------------------------------
+
+
+def contents(size: int, seed: int) -> bytes:
+    """What the victim leaves in a BO: random bytes through the dma-buf, then page 0 through the device fd."""
+    return random.Random(seed + 1).randbytes(PAGE) + random.Random(seed).randbytes(size)[PAGE:]
+
+
+def victim(chan: Channel, node: str, seed: int) -> None:
+    """Hold everything a client can hold, hand some dma-bufs to the survivor, then wait to be killed."""
+    dev = Device(node)
+    held: list[object] = [dev]
+    sent: list[int] = []
+    for index, (name, pages) in enumerate(PLAN.items()):
+        size = pages * PAGE
+        data = np.frombuffer(contents(size, seed + index), dtype=np.uint8)
+        bo = dev.create_bo(size)
+        cpu = bo.map()
+        cpu[PAGE:] = data[PAGE:]
+        through_device = bo.map_device()
+        bo.prep()
+        through_device[:PAGE] = data[:PAGE]
+        bo.fini()
+        held += [bo, cpu, through_device, bo.export()]  # an export that is never sent
+        if name in SENT:
+            buf = bo.export()
+            held.append(buf)
+            sent.append(buf.fd)
+        if name == PRIVATE:
+            through_device[PAGE:] = 0xDD  # dirty pages nobody ever writes back explicitly
+    unmappable = dev.create_bo(UNMAPPABLE_PAGES * PAGE, flags=0)
+    held += [unmappable, unmappable.export()]
+    chan.send([PLAN[name] * PAGE for name in SENT], fds=sent)
+    chan.recv()  # the kill comes first
+
+
+def test_killed_client_frees_what_only_it_held(mount):
+    node = mount.node(0)
+    daemon = psutil.Process(mount.pid)
+    survivor_sizes = sorted([PLAN[IMPORTED] * PAGE, PLAN[KEPT] * PAGE])
+    baseline_rss = baseline_threads = 0
+    with Device(node) as dev:
+        for iteration in range(WARMUP + ITERATIONS):
+            if iteration == WARMUP:
+                baseline_rss, baseline_threads = daemon.memory_info().rss, daemon.num_threads()
+            seed = iteration * 100
+            expected = {name: contents(PLAN[name] * PAGE, seed + index) for index, name in enumerate(PLAN)}
+            with forked(lambda chan, s=seed: victim(chan, node, s)) as v:
+                sizes, fds = v.recv()
+                assert sizes == [PLAN[name] * PAGE for name in SENT] and len(fds) == len(SENT)
+                imported_fd, kept_fd, dropped_fd = fds
+                imported = dev.import_dmabuf(imported_fd)
+                os.close(imported_fd)
+                kept = DmaBuf(kept_fd)
+                kept_view = kept.map()
+                os.close(dropped_fd)
+                assert bytes(kept_view) == expected[KEPT]
+                assert len(gem_objects(mount).sizes) == len(PLAN) + 1
+
+                status = v.kill()
+                assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+            state = wait_gem(mount, lambda s: s.sizes == survivor_sizes and s.used == sum(survivor_sizes))
+            assert state.handles == {PLAN[IMPORTED] * PAGE: 1, PLAN[KEPT] * PAGE: 0}, state.text
+
+            assert bytes(kept_view) == expected[KEPT]
+            imported_view = imported.map()
+            assert bytes(imported_view) == expected[IMPORTED]
+            imported.prep(write=False)
+            assert bytes(imported.map_device()) == expected[IMPORTED]
+            imported.fini()
+            assert bytes(kept.map(writable=False)) == expected[KEPT]
+
+            del kept_view, imported_view
+            kept.close()
+            imported.close()
+            wait_gem(mount, idle)
+
+    growth = daemon.memory_info().rss - baseline_rss
+    assert growth < RSS_GROWTH_LIMIT, f"daemon RSS grew by {growth >> 10} KiB over {ITERATIONS} kills"
+    assert daemon.num_threads() == baseline_threads
+    assert "Traceback" not in mount.log_text()
+
+
+def test_client_killed_before_claiming_its_ticket_leaks_nothing(mount):
+    node = mount.node(0)
+
+    def exporter(chan: Channel) -> None:
+        dev = Device(node)
+        tickets = []
+        for pages in (1, 4):
+            bo = dev.create_bo(pages * PAGE)
+            for _ in range(2):
+                args = defs.drm_prime_handle(handle=bo.handle, flags=defs.DRM_CLOEXEC | defs.DRM_RDWR, fd=-1)
+                fcntl.ioctl(dev.fd, defs.DRM_IOCTL_PRIME_HANDLE_TO_FD, args, True)
+                tickets.append(args.fd)
+        chan.send(tickets)
+        chan.recv()
+
+    with forked(exporter) as child:
+        tickets, _ = child.recv()
+        assert all(t <= defs.DRM_EMUDEV_FD_TICKET_MAX for t in tickets), tickets
+        assert gem_objects(mount).sizes == [PAGE, 4 * PAGE]
+        status = child.kill()
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    wait_gem(mount, idle, timeout=3.0)
+    assert "Traceback" not in mount.log_text()
+
+
+def _open_create_export_close(node: str) -> None:
+    with Device(node) as dev:
+        bo = dev.create_bo(PAGE)
+        bo.export().close()
+        bo.close()
+
+
+def test_opening_and_exporting_in_a_loop_does_not_grow_the_daemon(mount):
+    node = mount.node(0)
+    daemon = psutil.Process(mount.pid)
+    for _ in range(1000):
+        _open_create_export_close(node)
+    wait_gem(mount, idle)
+    baseline = daemon.memory_info().rss
+    for _ in range(1500):
+        _open_create_export_close(node)
+    wait_gem(mount, idle)
+    growth = daemon.memory_info().rss - baseline
+    assert growth < 1 << 20, f"daemon RSS grew by {growth >> 10} KiB over 1500 open/export/close rounds"
