@@ -1,18 +1,22 @@
 """accel-smoke: many processes use every device at once and must all see the same device.
 
 A quick end-to-end check that the uapi works from concurrent clients: each worker
-opens every node, names its file, and repeats the queries; the answers must agree
-and the ioctl rate is reported.
+opens every node, names its file, and repeats the queries; then it moves data through
+a BO (written through its dma-buf mapping, read back through the device-fd mapping)
+and round-trips a syncobj. The answers must agree and the ioctl rate is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import multiprocessing
 import sys
 import time
 
-from userspace.libaccel import Device, DeviceInfo, find_devices
+import numpy as np
+
+from userspace.libaccel import Device, DeviceInfo, abs_timeout, find_devices
 
 
 def _worker(args: tuple[int, list[str], int]) -> tuple[list[DeviceInfo], int, float]:
@@ -27,10 +31,27 @@ def _worker(args: tuple[int, list[str], int]) -> tuple[list[DeviceInfo], int, fl
         for _ in range(rounds):
             infos = [dev.info() for dev in devices]
             calls += len(devices) * (4 + 6 + 2)
+        for dev in devices:
+            _buffers_and_fences(dev, index)
     finally:
         for dev in devices:
             dev.close()
     return infos, calls, time.perf_counter() - start
+
+
+def _buffers_and_fences(dev: Device, index: int) -> None:
+    """Data through a BO by both CPU paths, and a syncobj signalled and waited on."""
+    pattern = np.arange(1 << 20, dtype=np.uint8) ^ index
+    with dev.create_bo(pattern.size) as bo:
+        with bo.cpu_access() as view:
+            view[:] = pattern
+        bo.prep(write=False)
+        if not np.array_equal(bo.map_device(), pattern):
+            raise OSError(errno.EIO, "the device-fd mapping does not show what the dma-buf mapping wrote")
+        bo.fini()
+    with dev.create_syncobj() as syncobj:
+        syncobj.signal()
+        syncobj.wait(timeout_ns=abs_timeout(1))
 
 
 def main(argv: list[str] | None = None) -> int:
