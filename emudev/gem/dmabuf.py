@@ -14,17 +14,17 @@ import itertools
 import logging
 import select
 import threading
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from emudev.drm.completion import Completion
 from emudev.drm.cpu_view import CpuView
-from emudev.drm.ioctl import CommandTable, ioctl_handler
+from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
-from emudev.fuse import Deferred, IoctlResult, Request
+from emudev.fuse import Request
 from emudev.gem.object import GemObject
-from emudev.nodes.defer import defer
-from emudev.nodes.tree import OpenFile
+from emudev.gem.refs import KindRefs
+from emudev.nodes.command_file import CommandFile
+from emudev.nodes.defer import PendingWaits
 from emudev.sync import sync_file
 from emudev.sync.array import merge, unwrap
 from emudev.sync.fence_wait import Result, then, wait_all
@@ -48,27 +48,19 @@ class DmaBuf:
         self.name = ""
         self.registry = registry
         self.services = registry.services
-        self._refs: Counter[str] = Counter()
+        self._refs = KindRefs(f"dma-buf {self.id}", self._release)
         self._lock = threading.Lock()
         self._backing_id: int | None = None
 
     def get(self, kind: str) -> DmaBuf:
-        with self._lock:
-            self._refs[kind] += 1
+        self._refs.get(kind)
         return self
 
     def put(self, kind: str) -> None:
-        with self._lock:
-            self._refs[kind] -= 1
-            if self._refs[kind] == 0:
-                del self._refs[kind]
-            last = not self._refs
-        if last:
-            self._release()
+        self._refs.put(kind)
 
     def holders(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._refs)
+        return self._refs.holders()
 
     def backing_id(self) -> int | None:
         """The passthrough backing id of the BO's memfd, registered on first use (None: no passthrough)."""
@@ -112,18 +104,10 @@ class DmaBufRegistry:
             return list(self._live.values())
 
 
-_table: CommandTable | None = None
-
-
-def _commands() -> CommandTable:
-    global _table
-    if _table is None:
-        _table = CommandTable("dma_buf")
-    return _table
-
-
-class DmaBufFile(OpenFile):
+class DmaBufFile(CommandFile):
     """An open dma-buf: mmap, lseek(SEEK_END), poll and the DMA_BUF_* ioctls."""
+
+    family = "dma_buf"
 
     def __init__(self, dmabuf: DmaBuf, nodeid: int) -> None:
         self.dmabuf = dmabuf.get("file")
@@ -132,11 +116,8 @@ class DmaBufFile(OpenFile):
         invalidate = None if self.backing_id is not None else dmabuf.services.invalidate
         self.cpu_view = CpuView(invalidate, nodeid)
 
-    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult | Deferred:
-        outcome = _commands().dispatch(self, cmd, arg, in_data, UserMemory(req.pid))
-        if outcome.later is None:
-            return IoctlResult(outcome.result, outcome.data)
-        return defer(req, outcome, self.dmabuf.services.pending)
+    def pending_waits(self) -> PendingWaits:
+        return self.dmabuf.services.pending
 
     def poll(self, req: Request, kh: int | None, events: int) -> int:
         """dma_buf_poll(): POLLIN once the writers are done, POLLOUT once everyone is; a poller

@@ -11,11 +11,11 @@ import bisect
 import itertools
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emudev.gem.memory import PAGE_SIZE, BoMemory
+from emudev.gem.refs import KindRefs
 from emudev.sync.resv import Reservation
 
 if TYPE_CHECKING:
@@ -89,30 +89,18 @@ class GemObject:
         self.name = 0
         self.mmap_offset = 0
         self.handle_count = 0
-        self._refs: Counter[str] = Counter()
-        self._on_free = on_free
-        self._lock = threading.Lock()
+        self._refs = KindRefs(f"BO {self.id}", lambda: on_free(self))
 
     @property
     def pages(self) -> int:
         return self.size // PAGE_SIZE
 
     def get(self, kind: str) -> GemObject:
-        with self._lock:
-            self._refs[kind] += 1
+        self._refs.get(kind)
         return self
 
     def put(self, kind: str) -> None:
-        with self._lock:
-            self._refs[kind] -= 1
-            if self._refs[kind] < 0:
-                raise AssertionError(f"BO {self.id}: more puts than gets of {kind}")
-            if self._refs[kind] == 0:
-                del self._refs[kind]
-            last = not self._refs
-        if last:
-            self._on_free(self)
+        self._refs.put(kind)
 
     def holders(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._refs)
+        return self._refs.holders()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-
-from emudev.sync.fence import DmaFence, new_context, signaled_stub
+from emudev.sync.fence import DmaFence, new_context, signaled_stub, when_all
 
 
 class FenceArray(DmaFence):
@@ -15,18 +13,7 @@ class FenceArray(DmaFence):
     def __init__(self, members: list[DmaFence]) -> None:
         super().__init__(new_context(), 1, "dma_fence_array", "unbound")
         self.members = members
-        remaining = [len(members)]
-        lock = threading.Lock()
-
-        def one_done(_fence: DmaFence) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self.signal(next((m.error for m in members if m.error), 0))
-
-        for member in members:
-            member.when_signaled(one_done)
+        when_all(members, lambda: self.signal(next((m.error for m in members if m.error), 0)))
 
     def contained(self) -> list[DmaFence]:
         return [f for m in self.members for f in m.contained()]

@@ -10,9 +10,7 @@ signalled, so a long-running timeline keeps only its unsignalled tail.
 
 from __future__ import annotations
 
-import threading
-
-from emudev.sync.fence import DmaFence, new_context
+from emudev.sync.fence import DmaFence, new_context, when_all
 
 
 class FenceChain(DmaFence):
@@ -33,22 +31,12 @@ class FenceChain(DmaFence):
 
     def _arm(self) -> None:
         """Signal when the wrapped fence and the previous node both have."""
-        pending = [f for f in (self.fence, self.prev) if f is not None]
-        remaining = [len(pending)]
-        lock = threading.Lock()
 
-        def one_done(_fence: DmaFence) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self.prev = None  # garbage-collect the signalled past
-                self.signal(self.fence.error)
+        def all_done() -> None:
+            self.prev = None  # garbage-collect the signalled past
+            self.signal(self.fence.error)
 
-        if not pending:
-            self.signal()
-        for f in pending:
-            f.when_signaled(one_done)
+        when_all([f for f in (self.fence, self.prev) if f is not None], all_done)
 
     def contained(self) -> list[DmaFence]:
         """What dma_fence_unwrap sees: the fences of every node still linked."""

@@ -108,6 +108,24 @@ class DmaFence:
         return [self]
 
 
+def when_all(fences: list[DmaFence], callback: Callable[[], None]) -> list[Callable[[], None]]:
+    """Call `callback()` once every fence has signalled (at once if none is pending);
+    returns the removers of the callbacks it registered."""
+    remaining = [len(fences)]
+    lock = threading.Lock()
+
+    def one_done(_fence: DmaFence) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            callback()
+
+    if not fences:
+        callback()
+    return [fence.when_signaled(one_done) for fence in fences]
+
+
 class FenceContext:
     """dma_fence_context_alloc(1): a timeline of ordered seqnos."""
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import errno
-import threading
 from collections.abc import Callable
 
 from emudev.drm.completion import Completion
-from emudev.sync.fence import DmaFence, now_ns
+from emudev.sync.fence import DmaFence, now_ns, when_all
 from emudev.sync.timer import deadlines
 
 Result = int | Completion
@@ -22,18 +21,8 @@ def wait_all(fences: list[DmaFence], timeout_ns: int | None) -> Result:
     if timeout_ns is not None and timeout_ns <= now_ns():
         return -errno.ETIME
     done = Completion()
-    remaining = [len(pending)]
-    lock = threading.Lock()
-
-    def one_done(_fence: DmaFence) -> None:
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-        if last:
-            done.complete(0)
-
-    for fence in pending:
-        done.on_cleanup(fence.when_signaled(one_done))
+    for remove in when_all(pending, lambda: done.complete(0)):
+        done.on_cleanup(remove)
     if timeout_ns is not None:
         done.on_cleanup(deadlines.at(timeout_ns, lambda: done.complete(-errno.ETIME)))
     return done

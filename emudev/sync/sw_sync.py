@@ -13,10 +13,9 @@ import errno
 import threading
 from typing import TYPE_CHECKING
 
-from emudev.drm.ioctl import CommandTable, ioctl_handler
+from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
-from emudev.fuse import IoctlResult, Request
-from emudev.nodes.tree import OpenFile
+from emudev.nodes.command_file import CommandFile
 from emudev.sync import sync_file
 from emudev.sync.fence import DmaFence, new_context
 from emudev.uapi import defs
@@ -26,17 +25,9 @@ if TYPE_CHECKING:
 
 INT_MAX = 0x7FFFFFFF
 
-_table: CommandTable | None = None
+class Timeline(CommandFile):
+    family = "sw_sync"
 
-
-def _commands() -> CommandTable:
-    global _table
-    if _table is None:
-        _table = CommandTable("sw_sync")
-    return _table
-
-
-class Timeline(OpenFile):
     def __init__(self, mount: MountServices, name: str) -> None:
         self.mount = mount
         self.context = new_context()
@@ -64,10 +55,6 @@ class Timeline(OpenFile):
             self._pending = [f for f in self._pending if f.seqno > self.value]
         for fence in reached:
             fence.signal()
-
-    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
-        outcome = _commands().dispatch(self, cmd, arg, in_data, UserMemory(req.pid))
-        return IoctlResult(outcome.result, outcome.data)
 
     def release(self) -> None:
         with self._lock:

@@ -7,11 +7,11 @@ import select
 import threading
 from typing import TYPE_CHECKING
 
-from emudev.drm.ioctl import CommandTable, ioctl_handler
+from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.userfd import caller_fd
 from emudev.drm.usermem import UserMemory
-from emudev.fuse import IoctlResult, Request
-from emudev.nodes.tree import OpenFile
+from emudev.fuse import Request
+from emudev.nodes.command_file import CommandFile
 from emudev.sync.array import merge, unwrap
 from emudev.sync.fence import DmaFence
 from emudev.uapi import defs
@@ -54,26 +54,14 @@ def fence_of(mount: MountServices, pid: int, fd: int) -> DmaFence | None:
     return target.fence if isinstance(target, SyncFile) else None
 
 
-_table: CommandTable | None = None
+class SyncFileFile(CommandFile):
+    family = "sync_file"
 
-
-def _commands() -> CommandTable:
-    global _table
-    if _table is None:
-        _table = CommandTable("sync_file")
-    return _table
-
-
-class SyncFileFile(OpenFile):
     def __init__(self, sync_file: SyncFile, mount: MountServices) -> None:
         self.sync_file = sync_file
         self.mount = mount
         self._polled: set[int] = set()
         self._lock = threading.Lock()
-
-    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult:
-        outcome = _commands().dispatch(self, cmd, arg, in_data, UserMemory(req.pid))
-        return IoctlResult(outcome.result, outcome.data)
 
     def poll(self, req: Request, kh: int | None, events: int) -> int:
         """POLLIN once signalled; otherwise wake the poller when it is."""

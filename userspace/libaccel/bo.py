@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emudev.uapi import defs
-from userspace.libaccel.fd import claim_fd
+from userspace.libaccel.fd import FdFile, claim_fd
 from userspace.libaccel.ioctl import drm_ioctl
 from userspace.libaccel.sync import SyncFile
 
@@ -27,23 +27,15 @@ DEVICE_READ_ONLY = defs.DRM_EMUDEV_BO_DEVICE_READ_ONLY
 NO_TIMEOUT = 0x7FFFFFFFFFFFFFFF
 
 
-class DmaBuf:
-    """A dma-buf file descriptor this process owns; close() or a `with` block releases it."""
+class DmaBuf(FdFile):
+    """A dma-buf file descriptor this process owns."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        super().__init__(fd)
         self.size = os.lseek(fd, 0, os.SEEK_END)
 
     def __enter__(self) -> DmaBuf:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
 
     def sync(self, flags: int) -> None:
         """DMA_BUF_IOCTL_SYNC: DMA_BUF_SYNC_START/END with READ/WRITE."""

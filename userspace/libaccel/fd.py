@@ -28,3 +28,21 @@ def claim_fd(device_fd: int, value: int, flags: int, mount_levels: int = 2) -> i
     mode = os.O_RDWR if flags & defs.DRM_RDWR else os.O_RDONLY
     cloexec = os.O_CLOEXEC if flags & defs.DRM_CLOEXEC else 0
     return os.open(os.path.join(mount, "fd", str(-value)), mode | cloexec)
+
+
+class FdFile:
+    """A descriptor this process owns: close() or a `with` block releases it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> FdFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)

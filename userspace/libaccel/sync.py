@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emudev.uapi import defs
-from userspace.libaccel.fd import claim_fd
+from userspace.libaccel.fd import FdFile, claim_fd
 from userspace.libaccel.ioctl import drm_ioctl
 
 if TYPE_CHECKING:
@@ -158,22 +158,11 @@ class FenceInfo:
     timestamp_ns: int
 
 
-class SyncFile:
+class SyncFile(FdFile):
     """A sync_file descriptor this process owns."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
 
     def __enter__(self) -> SyncFile:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
 
     def _ioctl(self, name: str, args: defs.UapiStruct) -> None:
         drm_ioctl(self.fd, defs.IOCTLS_BY_NAME[name], args)
@@ -206,23 +195,15 @@ class SyncFile:
         return bool(p.poll(None if timeout is None else int(timeout * 1000)))
 
 
-class SwSyncTimeline:
-    """The sw_sync debug timeline of a mount: fences that signal when told to."""
+class SwSyncTimeline(FdFile):
+    """The sw_sync debug timeline of a mount: fences that signal when told to; closing it
+    signals every pending point with -ENOENT."""
 
     def __init__(self, mountpoint: str) -> None:
-        self.fd = os.open(os.path.join(mountpoint, "sw_sync"), os.O_RDWR | os.O_CLOEXEC)
+        super().__init__(os.open(os.path.join(mountpoint, "sw_sync"), os.O_RDWR | os.O_CLOEXEC))
 
     def __enter__(self) -> SwSyncTimeline:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Closing the timeline signals every pending point with -ENOENT."""
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
 
     def fence(self, value: int, name: str = "sw_sync") -> SyncFile:
         args = defs.sw_sync_create_fence_data(value=value)
