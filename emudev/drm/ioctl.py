@@ -59,14 +59,17 @@ class IoctlEntry:
     needs_root: bool
     needs_auth: bool
     master_only: bool
+    struct: type[UapiStruct]
+    size: int
+    dir: int
 
     @classmethod
     def of(cls, spec: IoctlSpec, handler: Handler | None) -> IoctlEntry:
         p = spec.permissions
-        return cls(spec, handler, "root_only" in p, "auth" in p, "master" in p)
+        return cls(spec, handler, "root_only" in p, "auth" in p, "master" in p, spec.struct, spec.size, spec.dir)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IoctlOutcome:
     """What goes back to the caller: the ioctl's return value (or -errno) and the struct bytes.
 
@@ -114,10 +117,15 @@ class DrmDispatcher:
         entry = self.lookup(ioc_nr(cmd))
         if entry is None:
             return IoctlOutcome(-errno.EINVAL, b"")
-        in_size, out_size = _transfer_sizes(cmd, entry.spec)
-        kdata = bytearray(max(in_size, out_size, entry.spec.size))
-        kdata[:in_size] = in_data[:in_size]
-        result = self._call(entry, file, entry.spec.struct.from_buffer(kdata), user)
+        # The caller's size, only in the directions both sides agree on.
+        size = ioc_size(cmd)
+        both = ioc_dir(cmd) & entry.dir
+        in_size = size if both & IOC_WRITE else 0
+        out_size = size if both & IOC_READ else 0
+        kdata = bytearray(max(in_size, out_size, entry.size))
+        if in_size:
+            kdata[:in_size] = in_data[:in_size]
+        result = self._call(entry, file, entry.struct.from_buffer(kdata), user)
         if isinstance(result, Completion):
             return IoctlOutcome(0, b"", later=result, kdata=kdata, out_size=out_size)
         return IoctlOutcome(result, bytes(kdata[:out_size]))
@@ -137,13 +145,6 @@ class DrmDispatcher:
         except Exception:
             log.exception("%s failed", entry.spec.name)
             return -errno.EINVAL
-
-
-def _transfer_sizes(cmd: int, spec: IoctlSpec) -> tuple[int, int]:
-    """drm_ioctl(): the caller's size, only in the directions both sides agree on."""
-    size = ioc_size(cmd)
-    both = ioc_dir(cmd) & spec.dir
-    return (size if both & IOC_WRITE else 0), (size if both & IOC_READ else 0)
 
 
 def _denied(entry: IoctlEntry, file: DrmFile) -> bool:

@@ -102,5 +102,7 @@ class Request:
     def _send(self, err: int, payload: tuple[Buffer, ...]) -> None:
         if not self.session.pending.retire(self):
             return
-        size = abi.OUT_HEADER.size + sum(len(p) for p in payload)
+        size = abi.OUT_HEADER.size
+        for part in payload:
+            size += len(part)
         write_message(self.session.fd, [abi.OUT_HEADER.pack(size, -err, self.unique), *payload])

@@ -100,8 +100,7 @@ class NodeFs(Operations):
                       passthrough_backing_id=opened.backing_id)
 
     def _file(self, fh: int) -> OpenFile:
-        with self._lock:
-            opened = self._open.get(fh)
+        opened = self._open.get(fh)  # a single dict read needs no lock
         if opened is None:
             raise OSError(errno.EBADF, "unknown file handle")
         return opened
