@@ -39,17 +39,31 @@ class FenceChain(DmaFence):
         when_all([f for f in (self.fence, self.prev) if f is not None], all_done)
 
     def contained(self) -> list[DmaFence]:
-        """What dma_fence_unwrap sees: the fences of every node still linked."""
-        return [node.fence for node in self.walk()]
+        """What dma_fence_unwrap sees: the fences of every node the walk visits."""
+        return [node.fence if isinstance(node, FenceChain) else node for node in self.walk()]
 
-    def walk(self) -> list[FenceChain]:
-        """dma_fence_chain_for_each from this node: it and its still-linked older nodes."""
-        nodes: list[FenceChain] = []
+    def walk(self) -> list[DmaFence]:
+        """dma_fence_chain_for_each from this node: the node, then what each
+        dma_fence_chain_walk() step returns (a trailing non-chain fence included)."""
+        nodes: list[DmaFence] = [self]
         node: DmaFence | None = self
-        while isinstance(node, FenceChain):
+        while isinstance(node, FenceChain) and (node := node._step()) is not None:
             nodes.append(node)
-            node = node.prev
         return nodes
+
+    def _step(self) -> DmaFence | None:
+        """dma_fence_chain_walk(): unlink the older nodes whose own fence has signalled
+        (the chain's garbage collection) and return the first one still waiting."""
+        while (prev := self.prev) is not None:
+            if isinstance(prev, FenceChain):
+                if not prev.fence.signaled:
+                    break
+                self.prev = prev.prev
+            else:
+                if not prev.signaled:
+                    break
+                self.prev = None
+        return self.prev
 
 
 def find_seqno(head: DmaFence, point: int) -> tuple[bool, DmaFence | None]:
@@ -61,7 +75,7 @@ def find_seqno(head: DmaFence, point: int) -> tuple[bool, DmaFence | None]:
     if not isinstance(head, FenceChain) or head.seqno < point:
         return False, None
     for node in head.walk():
-        if node.context != head.context or node.prev_seqno < point:
+        if node.context != head.context or not isinstance(node, FenceChain) or node.prev_seqno < point:
             return True, node
     return True, None
 
@@ -72,7 +86,7 @@ def last_signaled_point(head: DmaFence) -> int:
         return 0
     last = head
     for node in head.walk():
-        if node.context != head.context:
+        if node.context != head.context or not isinstance(node, FenceChain):
             break
         last = node
     return last.seqno if last.signaled else last.prev_seqno

@@ -63,8 +63,11 @@ class Syncobj:
     def add_point(self, fence: DmaFence, point: int) -> None:
         """drm_syncobj_add_point(): a new chain head for `point` wrapping `fence`."""
         with self._lock:
-            self._fence = FenceChain(self._fence, fence, point)
+            prev = self._fence
+            self._fence = FenceChain(prev, fence, point)
         self._changed()
+        if isinstance(prev, FenceChain):
+            prev.walk()  # collect what has signalled, as drm_syncobj_add_point() does
 
     def find(self, point: int) -> DmaFence:
         """The fence for `point` (0: the current fence); NotSubmitted if there is none yet.

@@ -203,10 +203,7 @@ def timeline_signal(file: DrmFile, args: defs.drm_syncobj_timeline_array, user: 
         raise OSError(errno.EINVAL, "no handles")
     syncobjs = _find_array(file, user, args.handles, args.count_handles)
     for syncobj, point in zip(syncobjs, _points(user, args.points, len(syncobjs)), strict=True):
-        if point:
-            syncobj.add_point(signaled_stub(), point)
-        else:
-            syncobj.replace(signaled_stub())
+        syncobj.add_point(signaled_stub(), point)  # point 0 too: the kernel chains a node for it
     return 0
 
 

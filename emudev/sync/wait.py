@@ -41,11 +41,23 @@ class SyncobjWait:
         self.flags = flags
         self.entries = [_Entry(s, p) for s, p in zip(syncobjs, points, strict=True)]
         self.set_first = set_first
+        self.first = NO_INDEX
         self.done = Completion()
         self._lock = threading.Lock()
 
     def start(self, timeout_ns: int, deadline_ns: int | None) -> int | Completion:
-        """Snapshot and check at entry; 0 or -errno now, or a Completion for later."""
+        """Snapshot and check at entry; 0 or -errno now, or a Completion for later.
+
+        first_signaled is written only when the wait succeeds, as drm_syncobj_array_wait()
+        does: a failed wait copies the caller's own value back."""
+        result = self._start(timeout_ns, deadline_ns)
+        if result == 0:
+            self.set_first(self.first)
+        elif isinstance(result, Completion):
+            result.on_done(lambda r: self.set_first(self.first) if r == 0 else None)
+        return result
+
+    def _start(self, timeout_ns: int, deadline_ns: int | None) -> int | Completion:
         first = NO_INDEX
         ready = 0
         for i, entry in enumerate(self.entries):
@@ -59,7 +71,7 @@ class SyncobjWait:
                 if ready == 0:
                     first = i
                 ready += 1
-        self.set_first(first)
+        self.first = first
         if ready == len(self.entries) or (ready and not self.flags & WAIT_ALL):
             return 0
         if timeout_ns <= now_ns():
@@ -115,7 +127,7 @@ class SyncobjWait:
                         entry.undo.append(remove)
                 if self._entry_done(entry):
                     if not self.flags & WAIT_ALL:
-                        self.set_first(i)
+                        self.first = i
                         return True
                     ready += 1
         return ready == len(self.entries)
