@@ -23,20 +23,29 @@ class AddressSpace:
     def __init__(self) -> None:
         self._next = VA_START
         self._by_object: dict[int, int] = {}
+        self._handles: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def map(self, obj: GemObject) -> int:
-        """Place `obj` (once per file), leaving an unmapped guard page after it."""
+        """Place `obj` once per file, leaving an unmapped guard page after it; every handle
+        of the file to it counts, so that the address goes with the last one."""
         with self._lock:
             if obj.id not in self._by_object:
                 if self._next + obj.size > VA_END:
                     raise OSError(errno.ENOMEM, "device address space exhausted")
                 self._by_object[obj.id] = self._next
                 self._next += obj.size + PAGE_SIZE
+            self._handles[obj.id] = self._handles.get(obj.id, 0) + 1
             return self._by_object[obj.id]
 
     def unmap(self, obj: GemObject) -> None:
+        """One handle of the file to `obj` is gone."""
         with self._lock:
+            left = self._handles.get(obj.id, 0) - 1
+            if left > 0:
+                self._handles[obj.id] = left
+                return
+            self._handles.pop(obj.id, None)
             self._by_object.pop(obj.id, None)
 
     def address_of(self, obj: GemObject) -> int:

@@ -34,8 +34,7 @@ def _handle_release(file: DrmFile, handle: int, obj: GemObject) -> None:
     dmabuf = file.prime.pop(handle, None)
     if dmabuf is not None:
         file.prime_handles.pop(dmabuf, None)
-    if not any(o is obj for _, o in file.objects.items()):
-        file.vm.unmap(obj)
+    file.vm.unmap(obj)
     obj.handle_count -= 1
     if obj.handle_count == 0:
         _last_handle_gone(obj)

@@ -91,6 +91,7 @@ class Bo:
         self.device_va = info.device_va
         self.mmap_offset = info.mmap_offset
         self._dmabuf: DmaBuf | None = None
+        self._array: np.ndarray | None = None
 
     @classmethod
     def create(cls, device: Device, size: int, flags: int = MAPPABLE) -> Bo:
@@ -111,6 +112,7 @@ class Bo:
 
     def close(self) -> None:
         """GEM_CLOSE; the BO itself lives on while a dma-buf or another file holds it."""
+        self._array = None
         if self._dmabuf is not None:
             self._dmabuf.close()
             self._dmabuf = None
@@ -138,10 +140,13 @@ class Bo:
         self.device.ioctl("DRM_IOCTL_EMUDEV_BO_FINI", defs.drm_emudev_bo_fini(handle=self.handle))
 
     def map(self) -> np.ndarray:
-        """The default CPU path: the BO's own pages through a dma-buf kept open by this Bo."""
-        if self._dmabuf is None:
-            self._dmabuf = self.export()
-        return self._dmabuf.map()
+        """The default CPU path: the BO's own pages through a dma-buf kept open by this Bo,
+        mapped once and reused."""
+        if self._array is None:
+            if self._dmabuf is None:
+                self._dmabuf = self.export()
+            self._array = self._dmabuf.map()
+        return self._array
 
     def map_device(self) -> np.ndarray:
         """The BO through mmap() of the device fd at its fake offset (the kernel-driver way)."""

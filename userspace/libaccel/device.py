@@ -75,14 +75,14 @@ class Device:
         self.close()
 
     def close(self) -> None:
-        """Close the file; a device that is gone (ENODEV, ENOTCONN) has released it anyway."""
+        """Close the file; a device that is gone (ENODEV, ENOTCONN, ECONNABORTED) has released it anyway."""
         fd, self.fd = self.fd, -1
         if fd < 0:
             return
         try:
             os.close(fd)
         except OSError as e:
-            if e.errno not in (errno.ENODEV, errno.ENOTCONN):
+            if e.errno not in (errno.ENODEV, errno.ENOTCONN, errno.ECONNABORTED):
                 raise
 
     def ioctl(self, name: str, args: defs.UapiStruct) -> int:
