@@ -1,8 +1,11 @@
 """File descriptors of the calling process, the emulator's fget().
 
-A FUSE request carries no fd, only the caller's pid; incoming fds (a dma-buf to
-import, an eventfd, a sync_file) are duplicated out of the caller's own fd table
-with pidfd_getfd(2), exactly the file the caller named, or EBADF as fget() gives.
+A FUSE request carries no fd, only the caller's pid. What a descriptor is (its
+mount and inode, or that it is an eventfd) is read from /proc/<caller>/fdinfo,
+without taking a reference: a copy of a file on the daemon's own mount would have to
+be closed, and that close is a FLUSH request only the daemon's own workers can
+answer. The one file the daemon must keep, an eventfd to signal later, is
+duplicated with pidfd_getfd(2). A missing descriptor is EBADF, as fget() gives.
 """
 
 from __future__ import annotations
@@ -35,9 +38,21 @@ def _thread_group(tid: int) -> int:
     raise ProcessLookupError(tid)
 
 
+def caller_fd_info(pid: int, fd: int) -> dict[str, str]:
+    """The fdinfo fields (pos, flags, mnt_id, ino, eventfd-count, ...) of the caller's `fd`."""
+    if fd < 0:
+        raise OSError(errno.EBADF, "bad file descriptor")
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            return {key: value.strip() for key, _, value in (line.partition(":") for line in f) if value}
+    except FileNotFoundError:
+        raise OSError(errno.EBADF, "bad file descriptor") from None
+
+
 @contextmanager
 def caller_fd(pid: int, fd: int) -> Iterator[int]:
-    """A duplicate of fd `fd` of task `pid`, closed on exit; EBADF if there is none."""
+    """A duplicate of fd `fd` of task `pid`, closed on exit; EBADF if there is none.
+    Never use it for a file that may be on the daemon's own mount (see above)."""
     if fd < 0:
         raise OSError(errno.EBADF, "bad file descriptor")
     try:
@@ -55,12 +70,3 @@ def caller_fd(pid: int, fd: int) -> Iterator[int]:
         yield dup
     finally:
         os.close(dup)
-
-
-def is_eventfd(fd: int) -> bool:
-    """eventfd_ctx_fdget()'s test, from what /proc/self/fdinfo shows of an eventfd."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            return any(line.startswith("eventfd-count:") for line in f)
-    except OSError:
-        return False

@@ -6,7 +6,6 @@ import errno
 
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
-from emudev.drm.userfd import caller_fd
 from emudev.drm.usermem import UserMemory
 from emudev.gem.dmabuf import DmaBuf, DmaBufFile
 from emudev.gem.gem import handle_create, lookup
@@ -41,8 +40,7 @@ def handle_to_fd(file: DrmFile, args: defs.drm_prime_handle, user: UserMemory) -
 def fd_to_handle(file: DrmFile, args: defs.drm_prime_handle, user: UserMemory) -> int:
     """The kernel ignores `flags` here; the fd must exist (EBADF) and be a dma-buf (EINVAL)."""
     mount = file.device.mounted()
-    with caller_fd(user.pid, args.fd) as fd:
-        dmabuf = mount.identify(fd)
+    dmabuf = mount.identify(user.pid, args.fd)
     if not isinstance(dmabuf, DmaBuf):
         raise OSError(errno.EINVAL, "not a dma-buf")
     known = file.prime_handles.get(dmabuf)

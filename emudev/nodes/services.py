@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from emudev.drm.cpu_view import Invalidate
+from emudev.drm.userfd import caller_fd_info
 from emudev.gem.dmabuf import DmaBufRegistry
 from emudev.nodes.defer import PendingWaits
 from emudev.nodes.tickets import TicketDirectory
@@ -42,14 +43,10 @@ class MountServices:
                                     writable, release=put)
         return ticket.value
 
-    def identify(self, fd: int) -> object | None:
-        """The object behind a descriptor the daemon holds (a dup of a client's), or None."""
-        fields: dict[str, str] = {}
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-        except OSError:
-            return None
+    def identify(self, pid: int, fd: int) -> object | None:
+        """The object (dma-buf, syncobj, sync_file) behind the caller's descriptor, or None;
+        EBADF if the caller has no such descriptor."""
+        fields = caller_fd_info(pid, fd)
         if int(fields.get("mnt_id", -1)) != self.mount_id:
             return None
         try:

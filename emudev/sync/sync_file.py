@@ -8,7 +8,6 @@ import threading
 from typing import TYPE_CHECKING
 
 from emudev.drm.ioctl import ioctl_handler
-from emudev.drm.userfd import caller_fd
 from emudev.drm.usermem import UserMemory
 from emudev.fuse import Request
 from emudev.nodes.command_file import CommandFile
@@ -47,8 +46,7 @@ def export(mount: MountServices, caller_pid: int, fence: DmaFence, name: str = "
 def fence_of(mount: MountServices, pid: int, fd: int) -> DmaFence | None:
     """sync_file_get_fence(): the fence of the caller's fd `fd`, None if it is not a sync_file."""
     try:
-        with caller_fd(pid, fd) as dup:
-            target = mount.identify(dup)
+        target = mount.identify(pid, fd)
     except OSError:
         return None
     return target.fence if isinstance(target, SyncFile) else None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from emudev.drm.completion import Completion
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
-from emudev.drm.userfd import caller_fd, is_eventfd
+from emudev.drm.userfd import caller_fd, caller_fd_info
 from emudev.drm.usermem import UserMemory
 from emudev.nodes.tree import OpenFile
 from emudev.sync import sync_file
@@ -138,8 +138,7 @@ def fd_to_handle(file: DrmFile, args: defs.drm_syncobj_handle, user: UserMemory)
             syncobj.replace(fence)
         return 0
     try:
-        with caller_fd(user.pid, args.fd) as dup:
-            target = mount.identify(dup)
+        target = mount.identify(user.pid, args.fd)
     except OSError:
         raise OSError(errno.EINVAL, "bad fd") from None
     if not isinstance(target, Syncobj):
@@ -260,9 +259,9 @@ def eventfd(file: DrmFile, args: defs.drm_syncobj_eventfd, user: UserMemory) -> 
     if args.pad:
         raise OSError(errno.EINVAL, "pad must be zero")
     syncobj = _find(file, args.handle)
+    if "eventfd-count" not in caller_fd_info(user.pid, args.fd):
+        raise OSError(errno.EINVAL, "not an eventfd")
     with caller_fd(user.pid, args.fd) as dup:
-        if not is_eventfd(dup):
-            raise OSError(errno.EINVAL, "not an eventfd")
         target = os.dup(dup)
     EventfdEntry(syncobj, args.point, bool(args.flags & AVAILABLE), target).arm()
     return 0
