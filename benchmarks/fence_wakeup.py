@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
-import multiprocessing.synchronize
 import os
 import threading
 import time
@@ -97,18 +96,12 @@ class FanOut:
 
 @dataclass(frozen=True)
 class Inherited:
-    """What every fan-out child gets across fork: the node, the opaque syncobj fd, the one deadline of
-    all waits, and the lock that serialises the imports.
-
-    The lock works around the daemon: SYNCOBJ_FD_TO_HANDLE takes the caller's fd with pidfd_getfd
-    and closes its duplicate in the worker thread, and that close sends FLUSH to the daemon itself.
-    With as many imports in flight as there are workers, no worker is left to answer, and the mount
-    hangs for good (two workers, two concurrent imports are enough)."""
+    """What every fan-out child gets across fork: the node, the opaque syncobj fd and the one
+    deadline of all waits."""
 
     node: str
     syncobj_fd: int
     timeout_ns: int
-    import_lock: mp.synchronize.Lock
 
 
 Child = tuple[mp.process.BaseProcess, Connection]
@@ -286,8 +279,7 @@ def fan_child_main(inherited: Inherited, count: int, conn: Connection) -> None:
     """One client process: its own file, the shared syncobj imported, `count` waiting threads."""
     try:
         with Device(inherited.node) as dev:
-            with inherited.import_lock:
-                syncobj = Syncobj.import_fd(dev, inherited.syncobj_fd)
+            syncobj = Syncobj.import_fd(dev, inherited.syncobj_fd)
             os.close(inherited.syncobj_fd)
             conn.send(wait_in_threads(syncobj, count, inherited.timeout_ns))
     except Exception as e:
@@ -301,7 +293,7 @@ def fork_waiters(node: str, syncobj: Syncobj) -> list[Child]:
 
     The fd is inherited across fork, so no unix socket is needed; all waits share one deadline."""
     ctx = mp.get_context("fork")
-    inherited = Inherited(node, syncobj.export(), abs_timeout(WAIT_TIMEOUT_S), ctx.Lock())
+    inherited = Inherited(node, syncobj.export(), abs_timeout(WAIT_TIMEOUT_S))
     children = []
     try:
         for count in threads_per_process():
