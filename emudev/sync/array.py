@@ -18,6 +18,11 @@ class FenceArray(DmaFence):
     def contained(self) -> list[DmaFence]:
         return [f for m in self.members for f in m.contained()]
 
+    def set_deadline(self, deadline_ns: int) -> None:
+        """dma_fence_array_set_deadline(): every member gets the hint."""
+        for member in self.members:
+            member.set_deadline(deadline_ns)
+
 
 def unwrap(fence: DmaFence) -> list[DmaFence]:
     """dma_fence_unwrap_for_each: the plain fences inside arrays and chains."""

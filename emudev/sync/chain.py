@@ -38,6 +38,11 @@ class FenceChain(DmaFence):
 
         when_all([f for f in (self.fence, self.prev) if f is not None], all_done)
 
+    def set_deadline(self, deadline_ns: int) -> None:
+        """dma_fence_chain_set_deadline(): the hint goes to the fences the chain waits for."""
+        for fence in self.contained():
+            fence.set_deadline(deadline_ns)
+
     def contained(self) -> list[DmaFence]:
         """What dma_fence_unwrap sees: the fences of every node the walk visits."""
         return [node.fence if isinstance(node, FenceChain) else node for node in self.walk()]

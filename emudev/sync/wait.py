@@ -74,9 +74,13 @@ class SyncobjWait:
         self.first = first
         if ready == len(self.entries) or (ready and not self.flags & WAIT_ALL):
             return 0
+        if deadline_ns is not None:
+            for entry in self.entries:
+                if entry.fence is not None:
+                    entry.fence.set_deadline(deadline_ns)
         if timeout_ns <= now_ns():
             return 0 if self._check(watch=False) else -errno.ETIME
-        self._watch(deadline_ns)
+        self._watch()
         self.done.on_cleanup(self._unwatch)
         self.done.on_cleanup(deadlines.at(timeout_ns, lambda: self.done.complete(-errno.ETIME)))
         self._evaluate()
@@ -85,12 +89,10 @@ class SyncobjWait:
     def _entry_done(self, entry: _Entry) -> bool:
         return entry.fence is not None and (bool(self.flags & AVAILABLE) or entry.fence.signaled)
 
-    def _watch(self, deadline_ns: int | None) -> None:
+    def _watch(self) -> None:
         for entry in self.entries:
             if entry.fence is None:
                 entry.undo.append(entry.syncobj.on_change(lambda e=entry: self._submitted(e)))
-            elif deadline_ns is not None:
-                entry.fence.set_deadline(deadline_ns)
 
     def _unwatch(self) -> None:
         for entry in self.entries:
