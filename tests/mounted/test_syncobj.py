@@ -1121,16 +1121,21 @@ def test_imports_at_the_same_time_do_not_deadlock_the_daemon(emudev_mount, worke
 
     with ExitStack() as stack:
         children = [stack.enter_context(forked(importer)) for _ in range(clients)]
-        for child in children:
-            child.chan.send("go")
-        deadline = time.monotonic() + 5.0
         left = {child.pid for child in children}
-        while left and time.monotonic() < deadline:
-            left -= {pid for pid in left if os.waitpid(pid, os.WNOHANG)[0]}
-            time.sleep(0.01)
-        if left:
-            with open(f"/sys/fs/fuse/connections/{connection}/abort", "w") as abort:
-                abort.write("1")
+        try:
+            for child in children:
+                child.chan.send("go")
+            deadline = time.monotonic() + 5.0
+            while left and time.monotonic() < deadline:
+                left -= {pid for pid in left if os.waitpid(pid, os.WNOHANG)[0]}
+                time.sleep(0.01)
+        finally:
+            if left:  # undo the deadlock, or nothing (not even SIGKILL) ends these processes
+                abort = os.open(f"/sys/fs/fuse/connections/{connection}/abort", os.O_WRONLY)
+                try:
+                    os.write(abort, b"1")
+                finally:
+                    os.close(abort)
         for child in children:
             if child.pid not in left:
                 child.status = 0
