@@ -17,10 +17,18 @@ class PendingWaits:
     def __init__(self) -> None:
         self._waits: set[Completion] = set()
         self._lock = threading.Lock()
+        self._error = 0
 
     def add(self, completion: Completion) -> None:
+        """Track `completion`; once the mount is unplugged, a wait that was still being set up
+        when that happened is ended at once."""
         with self._lock:
-            self._waits.add(completion)
+            error = self._error
+            if not error:
+                self._waits.add(completion)
+        if error:
+            completion.complete(-error)
+            return
         completion.on_cleanup(lambda: self._discard(completion))
 
     def _discard(self, completion: Completion) -> None:
@@ -28,7 +36,9 @@ class PendingWaits:
             self._waits.discard(completion)
 
     def cancel_all(self, error: int) -> None:
+        """End every wait with -error, and every wait added from now on too."""
         with self._lock:
+            self._error = error
             waits = list(self._waits)
         for completion in waits:
             completion.complete(-error)
