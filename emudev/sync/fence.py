@@ -145,6 +145,6 @@ def new_context() -> int:
 
 def signaled_stub() -> DmaFence:
     """dma_fence_allocate_private_stub(ktime_get()): an already signalled fence of its own."""
-    stub = DmaFence(new_context(), 0, "dma_fence", "stub")
+    stub = DmaFence(new_context(), 0, "stub", "stub")
     stub.signal()
     return stub

@@ -65,9 +65,8 @@ class Timeline(CommandFile):
 
 @ioctl_handler("SW_SYNC_IOC_CREATE_FENCE")
 def create_fence(timeline: Timeline, args: defs.sw_sync_create_fence_data, user: UserMemory) -> int:
-    name = bytes(args.name).split(b"\0", 1)[0].decode(errors="replace")
-    fence = timeline.point(args.value)
-    args.fence = sync_file.export(timeline.mount, user.pid, fence, name)
+    fence = timeline.point(args.value)  # the kernel ignores args.name: the file is named after the fence
+    args.fence = sync_file.export(timeline.mount, user.pid, fence)
     return 0
 
 
@@ -83,11 +82,11 @@ def inc(timeline: Timeline, args: defs.sw_sync_inc_arg, user: UserMemory) -> int
 
 @ioctl_handler("SW_SYNC_GET_DEADLINE")
 def get_deadline(timeline: Timeline, args: defs.sw_sync_get_deadline, user: UserMemory) -> int:
-    if args.pad:
-        raise OSError(errno.EINVAL, "pad must be zero")
+    if args.pad or args.deadline_ns:
+        raise OSError(errno.EINVAL, "pad and deadline_ns must be zero")
     fence = sync_file.fence_of(timeline.mount, user.pid, args.fence_fd)
-    if fence is None or fence.context != timeline.context:
-        raise OSError(errno.EINVAL, "not a fence of this timeline")
+    if fence is None or fence.driver_name != "sw_sync":
+        raise OSError(errno.EINVAL, "not a sw_sync fence")
     if not fence.deadline_ns:
         raise OSError(errno.ENOENT, "no deadline set")
     args.deadline_ns = fence.deadline_ns
