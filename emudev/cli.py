@@ -15,13 +15,20 @@ import time
 from collections.abc import Callable
 
 from emudev import fuse
-from emudev.drm.device import DEFAULT_MEMORY_SIZE, DeviceConfig
+from emudev.drm.device import DEFAULT_JOB_TIMEOUT_MS, DEFAULT_MEMORY_SIZE, DeviceConfig
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 class CliError(Exception):
     """A failure explained to the user; main() prints it and exits 1."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -45,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--devices", type=int, default=1, help="number of accel nodes (default 1)")
     m.add_argument("--memory", type=parse_size, default=DEFAULT_MEMORY_SIZE,
                    help="device memory per device (default 1G)")
+    m.add_argument("--job-timeout", type=_positive_int, default=DEFAULT_JOB_TIMEOUT_MS, metavar="MS",
+                   help=f"milliseconds a job may run before the engines are reset (default {DEFAULT_JOB_TIMEOUT_MS})")
     m.add_argument("--workers", type=int, default=2, help="FUSE request threads (default 2)")
     m.add_argument("--foreground", action="store_true", help="do not daemonise; log to stderr")
     m.add_argument("--log", help="daemon log file (default /tmp/emudev-<pid>.log when daemonised)")
@@ -92,9 +101,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
     log_path = args.log or ("" if args.foreground else f"/tmp/emudev-{os.getpid()}.log")
-    config = DaemonConfig(mountpoint=mountpoint, devices=args.devices, workers=args.workers,
-                          device=DeviceConfig(memory_size=args.memory), log_path=log_path,
-                          passthrough=args.passthrough)
+    device = DeviceConfig(memory_size=args.memory, job_timeout_ms=args.job_timeout)
+    config = DaemonConfig(mountpoint=mountpoint, devices=args.devices, workers=args.workers, device=device,
+                          log_path=log_path, passthrough=args.passthrough)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
         _setup_logging(level, log_path)

@@ -24,7 +24,16 @@ from emudev.drm.cpu_view import Invalidate
 from emudev.drm.device import DeviceConfig, DrmDevice
 from emudev.drm.file import ClientIdentity
 from emudev.nodes.accel import AccelNodes
-from emudev.nodes.debugfs import DaemonInfo, clients_text, daemon_text, fences_text, gem_objects_text, name_text
+from emudev.nodes.debugfs import (
+    DaemonInfo,
+    clients_text,
+    daemon_text,
+    engines_text,
+    faults_text,
+    fences_text,
+    gem_objects_text,
+    name_text,
+)
 from emudev.nodes.fs import NodeFs
 from emudev.nodes.services import MountServices
 from emudev.nodes.tickets import TicketDirectory
@@ -65,6 +74,8 @@ class MountTree:
             self.inodes.add(device_debug, text_file("name", lambda d=device: name_text(d)))
             self.inodes.add(device_debug, text_file("gem_objects", lambda d=device: gem_objects_text(d)))
             self.inodes.add(device_debug, text_file("fences", lambda d=device: fences_text(d)))
+            self.inodes.add(device_debug, text_file("engines", lambda d=device: engines_text(d)))
+            self.inodes.add(device_debug, text_file("faults", lambda d=device: faults_text(d)))
 
     def _open_sw_sync(self, req: fuse.Request, flags: int) -> OpenFile:
         if self.services is None:

@@ -10,6 +10,7 @@ from emudev.driver import params  # noqa: F401  (registers the driver ioctl hand
 from emudev.drm import core  # noqa: F401  (registers the core ioctl handlers)
 from emudev.drm.device import DeviceConfig, DrmDevice
 from emudev.drm.ioctl import DrmDispatcher
+from emudev.engine import submit  # noqa: F401  (registers the job ioctl handlers)
 from emudev.gem import dmabuf, gem, prime  # noqa: F401  (register the GEM, PRIME and dma-buf handlers)
 from emudev.sync import sw_sync, sync_file, syncobj_ioctl  # noqa: F401  (register the fence handlers)
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emudev.drm.file import ClientIdentity, DrmFile
+from emudev.engine.sched import Scheduler
 from emudev.gem.device import GemDevice
 
 if TYPE_CHECKING:
     from emudev.nodes.services import MountServices
 
 DEFAULT_MEMORY_SIZE = 1 << 30
+DEFAULT_JOB_TIMEOUT_MS = 500  # as rocket and ethosu
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class DeviceConfig:
     """What `emudev mount` sets per device."""
 
     memory_size: int = DEFAULT_MEMORY_SIZE
+    job_timeout_ms: int = DEFAULT_JOB_TIMEOUT_MS
 
 
 @dataclass(eq=False)
@@ -35,12 +38,14 @@ class DrmDevice:
     features: frozenset[str] = frozenset({"compute_accel"})
     unplugged: bool = False
     gem: GemDevice = field(init=False)
+    sched: Scheduler = field(init=False)
     mount: MountServices | None = None  # set by the daemon once the mount exists
     _files: dict[int, DrmFile] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.gem = GemDevice(self.name, self.config.memory_size)
+        self.sched = Scheduler(self.name, self.config.job_timeout_ms)
 
     @property
     def name(self) -> str:
@@ -70,5 +75,7 @@ class DrmDevice:
             return list(self._files.values())
 
     def unplug(self) -> None:
-        """Hot-unplug: from now on ioctls answer ENODEV (drm_dev_unplug)."""
+        """Hot-unplug: from now on ioctls answer ENODEV (drm_dev_unplug) and every pending
+        job fence signals ENODEV."""
         self.unplugged = True
+        self.sched.unplug()

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 from emudev.drm.cpu_view import CpuView
+from emudev.engine.context import ContextTable
 from emudev.engine.vm import AddressSpace
 from emudev.gem.handles import HandleTable
 
+_CAP_SYS_NICE = 23
 _CAP_SYS_ADMIN = 21
 _ids = itertools.count(1)
 
@@ -28,6 +30,7 @@ class ClientIdentity:
     uid: int
     comm: str
     cap_sys_admin: bool
+    cap_sys_nice: bool = False
 
     @classmethod
     def of(cls, pid: int, uid: int) -> ClientIdentity:
@@ -35,7 +38,7 @@ class ClientIdentity:
         tgid = int(status.get("Tgid", pid))
         cap_eff = int(status.get("CapEff", "0"), 16)
         return cls(pid=pid, tgid=tgid, uid=uid, comm=_proc_comm(pid),
-                   cap_sys_admin=bool(cap_eff >> _CAP_SYS_ADMIN & 1))
+                   cap_sys_admin=bool(cap_eff >> _CAP_SYS_ADMIN & 1), cap_sys_nice=bool(cap_eff >> _CAP_SYS_NICE & 1))
 
 
 def _proc_status(pid: int) -> dict[str, str]:
@@ -77,6 +80,7 @@ class DrmFile:
     prime: dict = field(default_factory=dict)
     prime_handles: dict = field(default_factory=dict)
     vm: AddressSpace = field(default_factory=AddressSpace)
+    contexts: ContextTable = field(default_factory=ContextTable)
     cpu_view: CpuView = field(default_factory=lambda: CpuView(None))
     opened_at: float = field(default_factory=time.monotonic)
     ioctl_count: int = 0

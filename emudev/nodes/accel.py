@@ -20,6 +20,7 @@ from emudev.drm.device import DrmDevice
 from emudev.drm.file import ClientIdentity, DrmFile
 from emudev.drm.ioctl import DrmDispatcher
 from emudev.drm.usermem import UserMemory
+from emudev.engine.submit import release_file as release_contexts
 from emudev.fuse import Deferred, IoctlResult, Request
 from emudev.gem.gem import release_file
 from emudev.nodes.defer import defer
@@ -68,6 +69,7 @@ class AccelFile(OpenFile):
         return len(data)
 
     def release(self) -> None:
+        release_contexts(self.file)
         release_file(self.file)
         release_syncobjs(self.file)
         self.file.device.release_file(self.file)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from emudev.drm.device import DrmDevice
+from emudev.engine.program import ENGINE_NAMES
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,37 @@ def fences_text(device: DrmDevice) -> str:
             state = "empty" if fence is None else ("signalled" if fence.signaled else "pending")
             lines.append(f"{file.id:>5} {handle:>6} {syncobj.id:>7} {state:>9} {syncobj.query(True):>8} "
                          f"{syncobj.waiters():>7}  {fence!r}")
+    return "\n".join(lines) + "\n"
+
+
+def engines_text(device: DrmDevice) -> str:
+    """The NPU's load: per engine, per client, per context queue, and job totals."""
+    sched = device.sched
+    engines = sched.streamer.engines
+    lines = [f"{'engine':>6} {'busy_ms':>10} {'packets':>8}  busy_ms by file"]
+    for number, name in sorted(ENGINE_NAMES.items()):
+        engine = engines.get(number)
+        busy = engine.busy_ns if engine else 0
+        by_file = " ".join(f"{f}:{ns / 1e6:.1f}" for f, ns in sorted(engine.busy_by_file.items())) if engine else ""
+        lines.append(f"{name:>6} {busy / 1e6:>10.1f} {engine.packets if engine else 0:>8}  {by_file}")
+    lines.append(f"{'file':>6} {'ctx':>4} {'prio':>4} {'queued':>6} {'submitted':>9} {'banned':>6}")
+    for file in sorted(device.files(), key=lambda f: f.id):
+        for ctx in sorted(file.contexts.all(), key=lambda c: c.id):
+            lines.append(f"{file.id:>6} {ctx.id:>4} {ctx.priority:>4} {len(ctx.queue):>6} {ctx.submitted:>9} "
+                         f"{'yes' if ctx.banned else 'no':>6}")
+    running = sched.running
+    lines.append(f"jobs: completed {sched.completed}, failed {sched.failed}, queued {sched.queued()}, "
+                 f"running {running.describe() if running else 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+def faults_text(device: DrmDevice) -> str:
+    """The last faults the engines took, oldest first."""
+    lines = [f"{'time_ns':>16} {'engine':>6} {'packet':>6} {'va':>18}  job: reason"]
+    for record in device.sched.faults:
+        fault = record.fault
+        lines.append(f"{record.time_ns:>16} {ENGINE_NAMES[fault.engine]:>6} {fault.packet:>6} {fault.va:>#18x}  "
+                     f"{record.job}: {fault.reason}")
     return "\n".join(lines) + "\n"
 
 

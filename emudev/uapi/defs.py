@@ -15,6 +15,7 @@ from emudev.uapi.types import (
     FieldSpec,
     FlagSet,
     IoctlSpec,
+    PacketSpec,
     UapiStruct,
 )
 
@@ -390,6 +391,9 @@ DRM_EMUDEV_FD_TICKET_MAX = -2
 #: Milliseconds within which a ticket must be claimed before it expires.
 DRM_EMUDEV_FD_TICKET_TIMEOUT_MS = 10000
 
+#: Jobs per context whose status DRM_IOCTL_EMUDEV_JOB_STATUS remembers.
+DRM_EMUDEV_JOB_HISTORY = 1024
+
 #: PCI-style device id of the NPU, DRM_EMUDEV_PCI_DEVICE_ID.
 DRM_EMUDEV_PARAM_DEVICE_ID = 0
 
@@ -409,6 +413,49 @@ DRM_EMUDEV_PARAM_UAPI_VERSION = 4
 #: Page size of the device address space in bytes; BO sizes are multiples of it.
 DRM_EMUDEV_PARAM_PAGE_SIZE = 5
 
+#: Version of the command-stream ISA the device runs, (major << 16) | minor; compare with
+#: DRM_EMUDEV_ISA_VERSION from the header.
+DRM_EMUDEV_PARAM_ISA_VERSION = 6
+
+#: Bit mask of the engines present, 1 << drm_emudev_engine.
+DRM_EMUDEV_PARAM_ENGINES = 7
+
+#: Bit mask of the element types the engines take, 1 << drm_emudev_dtype.
+DRM_EMUDEV_PARAM_DTYPES = 8
+
+#: Largest extent of one tensor dim, DRM_EMUDEV_MAX_TENSOR_DIM.
+DRM_EMUDEV_PARAM_MAX_TENSOR_DIM = 9
+
+#: First device virtual address a BO can be placed at.
+DRM_EMUDEV_PARAM_VA_START = 10
+
+#: End (exclusive) of the device virtual address range of each file.
+DRM_EMUDEV_PARAM_VA_END = 11
+
+#: Largest command stream SUBMIT takes, in bytes.
+DRM_EMUDEV_PARAM_MAX_CMD_SIZE = 12
+
+#: Milliseconds a job may run before the device resets the engines and fails it with ETIME.
+DRM_EMUDEV_PARAM_JOB_TIMEOUT_MS = 13
+
+#: Runs when nothing of higher priority is ready.
+DRM_EMUDEV_PRIORITY_LOW = 0
+
+#: The default.
+DRM_EMUDEV_PRIORITY_NORMAL = 1
+
+#: Runs before the others; needs CAP_SYS_NICE, as amdgpu's context priorities.
+DRM_EMUDEV_PRIORITY_HIGH = 2
+
+#: Waiting for its dependencies or for the device.
+DRM_EMUDEV_JOB_QUEUED = 0
+
+#: On the engines.
+DRM_EMUDEV_JOB_RUNNING = 1
+
+#: Finished; error tells how.
+DRM_EMUDEV_JOB_DONE = 2
+
 #: The CPU may map the BO, through the device fd at bo_info.mmap_offset or through a dma-buf exported
 #: from it; without it mmap_offset is 0.
 DRM_EMUDEV_BO_MAPPABLE = 0x1
@@ -421,6 +468,22 @@ DRM_EMUDEV_PREP_READ = 0x1
 
 #: The CPU writes; waits for every device user.
 DRM_EMUDEV_PREP_WRITE = 0x2
+
+#: Do not wait for the fences already on the listed BOs (as msm's NO_IMPLICIT); the job's fence is
+#: still added to them.
+DRM_EMUDEV_SUBMIT_NO_IMPLICIT = 0x1
+
+#: The job reads the BO; it waits for the BO's writers.
+DRM_EMUDEV_BO_READ = 0x1
+
+#: The job writes the BO; it waits for every user of the BO.
+DRM_EMUDEV_BO_WRITE = 0x2
+
+#: The job faulted; fault_va, fault_engine and fault_packet say where.
+DRM_EMUDEV_JOB_FAULTED = 0x1
+
+#: The context is banned; its later submits fail with ECANCELED.
+DRM_EMUDEV_JOB_CTX_BANNED = 0x2
 
 #: Read one device parameter, as ivpu's GET_PARAM does. Userspace should read
 #: DRM_EMUDEV_PARAM_UAPI_VERSION first and refuse a major version it does not know.
@@ -446,6 +509,191 @@ DRM_IOCTL_EMUDEV_BO_PREP = 0x40106444
 #: End CPU access, as rocket's FINI_BO: what the CPU wrote through this file's mapping of the BO
 #: reaches device memory before the ioctl returns.
 DRM_IOCTL_EMUDEV_BO_FINI = 0x40086445
+
+#: Create a context: a queue of jobs with its own fence timeline and priority, as a drm_sched entity.
+#: Jobs of one context run in submission order.
+DRM_IOCTL_EMUDEV_CTX_CREATE = 0xC0106446
+
+#: Destroy a context. Its queued jobs are cancelled (their fences signal ESRCH); the running one
+#: finishes. Closing the file destroys its contexts the same way.
+DRM_IOCTL_EMUDEV_CTX_DESTROY = 0x40086447
+
+#: Queue a job: the command stream at cmd_offset in the BO cmd_handle, run once every in_sync point
+#: and, unless NO_IMPLICIT, the fences of the listed BOs (writers for READ, all for WRITE) have
+#: signalled. The job's fence replaces the fence of each binary out_sync, is added as a chain point to
+#: each timeline out_sync, and goes into the listed BOs' reservations (WRITE usage for written BOs,
+#: READ otherwise). The stream is copied and validated whole first (see the ISA); on any error nothing
+#: is queued and no syncobj changes. The job ends with an error on a fault (EFAULT), after the job
+#: timeout (ETIME, the context is banned), when an input fence failed (that error), when its context
+#: goes (ESRCH) or when the device does (ENODEV).
+DRM_IOCTL_EMUDEV_SUBMIT = 0xC0486448
+
+#: Report where a job is, how it ended and, after a fault, where it faulted; the last
+#: DRM_EMUDEV_JOB_HISTORY jobs of each context are remembered.
+DRM_IOCTL_EMUDEV_JOB_STATUS = 0xC0486449
+
+
+# emudev_isa ---------------------------------------------------------------------------------------
+
+#: Version of the command-stream ISA, (major << 16) | minor, here 1.0; DRM_EMUDEV_PARAM_ISA_VERSION
+#: reports the device's.
+DRM_EMUDEV_ISA_VERSION = 0x10000
+
+#: Largest value of one tensor dim.
+DRM_EMUDEV_MAX_TENSOR_DIM = 65535
+
+#: Largest command stream SUBMIT takes, in bytes.
+DRM_EMUDEV_MAX_CMD_SIZE = 0x100000
+
+#: Alignment of the stream and of every packet, in bytes.
+DRM_EMUDEV_PKT_ALIGN = 8
+
+#: Opcode of the NOP packet, struct drm_emudev_pkt_nop.
+DRM_EMUDEV_OP_NOP = 0x0
+
+#: Opcode of the SEM_WAIT packet, struct drm_emudev_pkt_sem_wait.
+DRM_EMUDEV_OP_SEM_WAIT = 0x1
+
+#: Opcode of the SEM_SIGNAL packet, struct drm_emudev_pkt_sem_signal.
+DRM_EMUDEV_OP_SEM_SIGNAL = 0x2
+
+#: Opcode of the TIMESTAMP packet, struct drm_emudev_pkt_timestamp.
+DRM_EMUDEV_OP_TIMESTAMP = 0x3
+
+#: Opcode of the CONV packet, struct drm_emudev_pkt_conv.
+DRM_EMUDEV_OP_CONV = 0x10
+
+#: Opcode of the GEMM packet, struct drm_emudev_pkt_gemm.
+DRM_EMUDEV_OP_GEMM = 0x11
+
+#: Opcode of the SDP packet, struct drm_emudev_pkt_sdp.
+DRM_EMUDEV_OP_SDP = 0x20
+
+#: Opcode of the PDP packet, struct drm_emudev_pkt_pdp.
+DRM_EMUDEV_OP_PDP = 0x30
+
+#: Opcode of the CDP packet, struct drm_emudev_pkt_cdp.
+DRM_EMUDEV_OP_CDP = 0x40
+
+#: Opcode of the BDMA packet, struct drm_emudev_pkt_bdma.
+DRM_EMUDEV_OP_BDMA = 0x50
+
+#: Opcode of the RUBIK packet, struct drm_emudev_pkt_rubik.
+DRM_EMUDEV_OP_RUBIK = 0x60
+
+#: Command streamer; runs NOP and control packets aimed at it.
+DRM_EMUDEV_ENGINE_CS = 0
+
+#: Convolution core with its accumulator (CONV, GEMM).
+DRM_EMUDEV_ENGINE_CONV = 1
+
+#: Single-point data processor (SDP).
+DRM_EMUDEV_ENGINE_SDP = 2
+
+#: Planar data processor, pooling (PDP).
+DRM_EMUDEV_ENGINE_PDP = 3
+
+#: Channel data processor, LRN and softmax (CDP).
+DRM_EMUDEV_ENGINE_CDP = 4
+
+#: Bridge DMA, copy and fill (BDMA).
+DRM_EMUDEV_ENGINE_BDMA = 5
+
+#: Data reshaping engine, transpose and reshape (RUBIK).
+DRM_EMUDEV_ENGINE_RUBIK = 6
+
+#: IEEE 754 binary32.
+DRM_EMUDEV_DTYPE_FP32 = 0
+
+#: IEEE 754 binary16, computed in fp32.
+DRM_EMUDEV_DTYPE_FP16 = 1
+
+#: Signed 8-bit, quantised with the tensor's zero point.
+DRM_EMUDEV_DTYPE_INT8 = 2
+
+#: Signed 32-bit; raw accumulators, biases, copies.
+DRM_EMUDEV_DTYPE_INT32 = 3
+
+#: Identity.
+DRM_EMUDEV_ACT_NONE = 0
+
+#: max(x, 0).
+DRM_EMUDEV_ACT_RELU = 1
+
+#: min(max(x, 0), 6).
+DRM_EMUDEV_ACT_RELU6 = 2
+
+#: min(max(x, clip_min), clip_max).
+DRM_EMUDEV_ACT_CLIP = 3
+
+#: x if x >= 0 else alpha * x.
+DRM_EMUDEV_ACT_LEAKY_RELU = 4
+
+#: 1 / (1 + exp(-x)); floating point only.
+DRM_EMUDEV_ACT_SIGMOID = 5
+
+#: tanh(x); floating point only.
+DRM_EMUDEV_ACT_TANH = 6
+
+#: word >= value (unsigned).
+DRM_EMUDEV_SEM_GEQUAL = 0
+
+#: word == value.
+DRM_EMUDEV_SEM_EQUAL = 1
+
+#: word = value.
+DRM_EMUDEV_SEM_SET = 0
+
+#: word += value (wrapping).
+DRM_EMUDEV_SEM_ADD = 1
+
+#: No second operand; src2 must be all zero.
+DRM_EMUDEV_SDP_NONE = 0
+
+#: src + src2.
+DRM_EMUDEV_SDP_ADD = 1
+
+#: src - src2.
+DRM_EMUDEV_SDP_SUB = 2
+
+#: src * src2.
+DRM_EMUDEV_SDP_MUL = 3
+
+#: max(src, src2).
+DRM_EMUDEV_SDP_MAX = 4
+
+#: min(src, src2).
+DRM_EMUDEV_SDP_MIN = 5
+
+#: Maximum; padding never wins.
+DRM_EMUDEV_PDP_MAX = 0
+
+#: Average over the window, padding counted per DRM_EMUDEV_PDP_COUNT_PAD.
+DRM_EMUDEV_PDP_AVG = 1
+
+#: Local response normalisation as ONNX LRN: x / (bias + alpha / size * sum(x^2))^beta.
+DRM_EMUDEV_CDP_LRN = 0
+
+#: Softmax along C, computed with the maximum subtracted.
+DRM_EMUDEV_CDP_SOFTMAX = 1
+
+#: dst = src, same dims; fp32 <-> fp16 converts, other dtypes must match.
+DRM_EMUDEV_BDMA_COPY = 0
+
+#: Every element of dst = fill_value (its low bytes, as dst's dtype); src all zero.
+DRM_EMUDEV_BDMA_FILL = 1
+
+#: dst.dims[i] = src.dims[perm[i]], dst[i0..i3] = src at the permuted index.
+DRM_EMUDEV_RUBIK_TRANSPOSE = 0
+
+#: Same element count, elements taken and stored in row-major order.
+DRM_EMUDEV_RUBIK_RESHAPE = 1
+
+#: b holds B transposed: dims [.., .., N, K].
+DRM_EMUDEV_GEMM_TRANSPOSE_B = 0x1
+
+#: AVG divides by the whole window, padding included (ONNX count_include_pad).
+DRM_EMUDEV_PDP_COUNT_PAD = 0x1
 
 
 # sw_sync ------------------------------------------------------------------------------------------
@@ -610,6 +858,57 @@ FLAGSETS: dict[str, FlagSet] = {
         mask=0x3,
         doc="Access the CPU is about to make, for DRM_IOCTL_EMUDEV_BO_PREP; at least one.",
     ),
+    "drm_emudev_ctx_flags": FlagSet(
+        name="drm_emudev_ctx_flags",
+        members={},
+        mask=0x0,
+        doc="Flags of DRM_IOCTL_EMUDEV_CTX_CREATE; none is defined.",
+    ),
+    "drm_emudev_submit_flags": FlagSet(
+        name="drm_emudev_submit_flags",
+        members={"DRM_EMUDEV_SUBMIT_NO_IMPLICIT": DRM_EMUDEV_SUBMIT_NO_IMPLICIT},
+        mask=0x1,
+        doc="Flags of DRM_IOCTL_EMUDEV_SUBMIT.",
+    ),
+    "drm_emudev_submit_bo_flags": FlagSet(
+        name="drm_emudev_submit_bo_flags",
+        members={"DRM_EMUDEV_BO_READ": DRM_EMUDEV_BO_READ, "DRM_EMUDEV_BO_WRITE": DRM_EMUDEV_BO_WRITE},
+        mask=0x3,
+        doc="How a job uses a BO of its list; at least one.",
+    ),
+    "drm_emudev_sync_flags": FlagSet(
+        name="drm_emudev_sync_flags",
+        members={},
+        mask=0x0,
+        doc="Flags of a drm_emudev_sync; none is defined.",
+    ),
+    "drm_emudev_job_status_flags": FlagSet(
+        name="drm_emudev_job_status_flags",
+        members={
+            "DRM_EMUDEV_JOB_FAULTED": DRM_EMUDEV_JOB_FAULTED,
+            "DRM_EMUDEV_JOB_CTX_BANNED": DRM_EMUDEV_JOB_CTX_BANNED,
+        },
+        mask=0x3,
+        doc="What drm_emudev_job_status reports besides the state.",
+    ),
+    "drm_emudev_pkt_flags": FlagSet(
+        name="drm_emudev_pkt_flags",
+        members={},
+        mask=0x0,
+        doc="Flags of a packet header; none is defined, the field must be zero.",
+    ),
+    "drm_emudev_gemm_flags": FlagSet(
+        name="drm_emudev_gemm_flags",
+        members={"DRM_EMUDEV_GEMM_TRANSPOSE_B": DRM_EMUDEV_GEMM_TRANSPOSE_B},
+        mask=0x1,
+        doc="Flags of the GEMM packet.",
+    ),
+    "drm_emudev_pdp_flags": FlagSet(
+        name="drm_emudev_pdp_flags",
+        members={"DRM_EMUDEV_PDP_COUNT_PAD": DRM_EMUDEV_PDP_COUNT_PAD},
+        mask=0x1,
+        doc="Flags of the PDP packet.",
+    ),
     "sync_file_flags": FlagSet(
         name="sync_file_flags",
         members={},
@@ -670,8 +969,135 @@ ENUMS: dict[str, EnumSpec] = {
             "DRM_EMUDEV_PARAM_MEMORY_SIZE": DRM_EMUDEV_PARAM_MEMORY_SIZE,
             "DRM_EMUDEV_PARAM_UAPI_VERSION": DRM_EMUDEV_PARAM_UAPI_VERSION,
             "DRM_EMUDEV_PARAM_PAGE_SIZE": DRM_EMUDEV_PARAM_PAGE_SIZE,
+            "DRM_EMUDEV_PARAM_ISA_VERSION": DRM_EMUDEV_PARAM_ISA_VERSION,
+            "DRM_EMUDEV_PARAM_ENGINES": DRM_EMUDEV_PARAM_ENGINES,
+            "DRM_EMUDEV_PARAM_DTYPES": DRM_EMUDEV_PARAM_DTYPES,
+            "DRM_EMUDEV_PARAM_MAX_TENSOR_DIM": DRM_EMUDEV_PARAM_MAX_TENSOR_DIM,
+            "DRM_EMUDEV_PARAM_VA_START": DRM_EMUDEV_PARAM_VA_START,
+            "DRM_EMUDEV_PARAM_VA_END": DRM_EMUDEV_PARAM_VA_END,
+            "DRM_EMUDEV_PARAM_MAX_CMD_SIZE": DRM_EMUDEV_PARAM_MAX_CMD_SIZE,
+            "DRM_EMUDEV_PARAM_JOB_TIMEOUT_MS": DRM_EMUDEV_PARAM_JOB_TIMEOUT_MS,
         },
         doc="Parameters readable with DRM_IOCTL_EMUDEV_GET_PARAM (drm_emudev_param.param).",
+    ),
+    "drm_emudev_ctx_priority": EnumSpec(
+        name="drm_emudev_ctx_priority",
+        members={
+            "DRM_EMUDEV_PRIORITY_LOW": DRM_EMUDEV_PRIORITY_LOW,
+            "DRM_EMUDEV_PRIORITY_NORMAL": DRM_EMUDEV_PRIORITY_NORMAL,
+            "DRM_EMUDEV_PRIORITY_HIGH": DRM_EMUDEV_PRIORITY_HIGH,
+        },
+        doc="Scheduling priority of a context, for DRM_IOCTL_EMUDEV_CTX_CREATE.",
+    ),
+    "drm_emudev_job_state": EnumSpec(
+        name="drm_emudev_job_state",
+        members={
+            "DRM_EMUDEV_JOB_QUEUED": DRM_EMUDEV_JOB_QUEUED,
+            "DRM_EMUDEV_JOB_RUNNING": DRM_EMUDEV_JOB_RUNNING,
+            "DRM_EMUDEV_JOB_DONE": DRM_EMUDEV_JOB_DONE,
+        },
+        doc="State of a job in drm_emudev_job_status.state.",
+    ),
+    "drm_emudev_opcode": EnumSpec(
+        name="drm_emudev_opcode",
+        members={
+            "DRM_EMUDEV_OP_NOP": DRM_EMUDEV_OP_NOP,
+            "DRM_EMUDEV_OP_SEM_WAIT": DRM_EMUDEV_OP_SEM_WAIT,
+            "DRM_EMUDEV_OP_SEM_SIGNAL": DRM_EMUDEV_OP_SEM_SIGNAL,
+            "DRM_EMUDEV_OP_TIMESTAMP": DRM_EMUDEV_OP_TIMESTAMP,
+            "DRM_EMUDEV_OP_CONV": DRM_EMUDEV_OP_CONV,
+            "DRM_EMUDEV_OP_GEMM": DRM_EMUDEV_OP_GEMM,
+            "DRM_EMUDEV_OP_SDP": DRM_EMUDEV_OP_SDP,
+            "DRM_EMUDEV_OP_PDP": DRM_EMUDEV_OP_PDP,
+            "DRM_EMUDEV_OP_CDP": DRM_EMUDEV_OP_CDP,
+            "DRM_EMUDEV_OP_BDMA": DRM_EMUDEV_OP_BDMA,
+            "DRM_EMUDEV_OP_RUBIK": DRM_EMUDEV_OP_RUBIK,
+        },
+        doc="Packet opcodes, in struct drm_emudev_pkt_header.opcode; one per packet of the ISA.",
+    ),
+    "drm_emudev_engine": EnumSpec(
+        name="drm_emudev_engine",
+        members={
+            "DRM_EMUDEV_ENGINE_CS": DRM_EMUDEV_ENGINE_CS,
+            "DRM_EMUDEV_ENGINE_CONV": DRM_EMUDEV_ENGINE_CONV,
+            "DRM_EMUDEV_ENGINE_SDP": DRM_EMUDEV_ENGINE_SDP,
+            "DRM_EMUDEV_ENGINE_PDP": DRM_EMUDEV_ENGINE_PDP,
+            "DRM_EMUDEV_ENGINE_CDP": DRM_EMUDEV_ENGINE_CDP,
+            "DRM_EMUDEV_ENGINE_BDMA": DRM_EMUDEV_ENGINE_BDMA,
+            "DRM_EMUDEV_ENGINE_RUBIK": DRM_EMUDEV_ENGINE_RUBIK,
+        },
+        doc="The engines of the NPU; DRM_EMUDEV_PARAM_ENGINES reports them as a bit mask (1 << engine).",
+    ),
+    "drm_emudev_dtype": EnumSpec(
+        name="drm_emudev_dtype",
+        members={
+            "DRM_EMUDEV_DTYPE_FP32": DRM_EMUDEV_DTYPE_FP32,
+            "DRM_EMUDEV_DTYPE_FP16": DRM_EMUDEV_DTYPE_FP16,
+            "DRM_EMUDEV_DTYPE_INT8": DRM_EMUDEV_DTYPE_INT8,
+            "DRM_EMUDEV_DTYPE_INT32": DRM_EMUDEV_DTYPE_INT32,
+        },
+        doc="Element types; DRM_EMUDEV_PARAM_DTYPES reports them as a bit mask (1 << dtype).",
+    ),
+    "drm_emudev_activation_fn": EnumSpec(
+        name="drm_emudev_activation_fn",
+        members={
+            "DRM_EMUDEV_ACT_NONE": DRM_EMUDEV_ACT_NONE,
+            "DRM_EMUDEV_ACT_RELU": DRM_EMUDEV_ACT_RELU,
+            "DRM_EMUDEV_ACT_RELU6": DRM_EMUDEV_ACT_RELU6,
+            "DRM_EMUDEV_ACT_CLIP": DRM_EMUDEV_ACT_CLIP,
+            "DRM_EMUDEV_ACT_LEAKY_RELU": DRM_EMUDEV_ACT_LEAKY_RELU,
+            "DRM_EMUDEV_ACT_SIGMOID": DRM_EMUDEV_ACT_SIGMOID,
+            "DRM_EMUDEV_ACT_TANH": DRM_EMUDEV_ACT_TANH,
+        },
+        doc="Activation applied on the way out of CONV, GEMM and SDP.",
+    ),
+    "drm_emudev_sem_cond": EnumSpec(
+        name="drm_emudev_sem_cond",
+        members={
+            "DRM_EMUDEV_SEM_GEQUAL": DRM_EMUDEV_SEM_GEQUAL,
+            "DRM_EMUDEV_SEM_EQUAL": DRM_EMUDEV_SEM_EQUAL,
+        },
+        doc="Condition a SEM_WAIT waits for on its 32-bit word.",
+    ),
+    "drm_emudev_sem_op": EnumSpec(
+        name="drm_emudev_sem_op",
+        members={"DRM_EMUDEV_SEM_SET": DRM_EMUDEV_SEM_SET, "DRM_EMUDEV_SEM_ADD": DRM_EMUDEV_SEM_ADD},
+        doc="What a SEM_SIGNAL does to its 32-bit word.",
+    ),
+    "drm_emudev_sdp_op": EnumSpec(
+        name="drm_emudev_sdp_op",
+        members={
+            "DRM_EMUDEV_SDP_NONE": DRM_EMUDEV_SDP_NONE,
+            "DRM_EMUDEV_SDP_ADD": DRM_EMUDEV_SDP_ADD,
+            "DRM_EMUDEV_SDP_SUB": DRM_EMUDEV_SDP_SUB,
+            "DRM_EMUDEV_SDP_MUL": DRM_EMUDEV_SDP_MUL,
+            "DRM_EMUDEV_SDP_MAX": DRM_EMUDEV_SDP_MAX,
+            "DRM_EMUDEV_SDP_MIN": DRM_EMUDEV_SDP_MIN,
+        },
+        doc="Element-wise operation of SDP between src and src2.",
+    ),
+    "drm_emudev_pdp_op": EnumSpec(
+        name="drm_emudev_pdp_op",
+        members={"DRM_EMUDEV_PDP_MAX": DRM_EMUDEV_PDP_MAX, "DRM_EMUDEV_PDP_AVG": DRM_EMUDEV_PDP_AVG},
+        doc="Pooling function of PDP.",
+    ),
+    "drm_emudev_cdp_op": EnumSpec(
+        name="drm_emudev_cdp_op",
+        members={"DRM_EMUDEV_CDP_LRN": DRM_EMUDEV_CDP_LRN, "DRM_EMUDEV_CDP_SOFTMAX": DRM_EMUDEV_CDP_SOFTMAX},
+        doc="Cross-channel function of CDP; both work along C.",
+    ),
+    "drm_emudev_bdma_op": EnumSpec(
+        name="drm_emudev_bdma_op",
+        members={"DRM_EMUDEV_BDMA_COPY": DRM_EMUDEV_BDMA_COPY, "DRM_EMUDEV_BDMA_FILL": DRM_EMUDEV_BDMA_FILL},
+        doc="Operation of BDMA.",
+    ),
+    "drm_emudev_rubik_op": EnumSpec(
+        name="drm_emudev_rubik_op",
+        members={
+            "DRM_EMUDEV_RUBIK_TRANSPOSE": DRM_EMUDEV_RUBIK_TRANSPOSE,
+            "DRM_EMUDEV_RUBIK_RESHAPE": DRM_EMUDEV_RUBIK_RESHAPE,
+        },
+        doc="Operation of RUBIK.",
     ),
 }
 
@@ -1366,6 +1792,796 @@ class drm_emudev_bo_fini(UapiStruct):
 
 
 assert ctypes.sizeof(drm_emudev_bo_fini) == 8
+
+
+class drm_emudev_ctx_create(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_CTX_CREATE."
+    _fields_ = [
+        ("priority", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("ctx_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "priority", "u32", 0, 4,
+            "Scheduling priority.",
+            None, "drm_emudev_ctx_priority", False, "in",
+        ),
+        FieldSpec("flags", "u32", 4, 4, "Must be zero.", "drm_emudev_ctx_flags", None, False, "in"),
+        FieldSpec(
+            "ctx_id", "u32", 8, 4,
+            "Id of the new context in this file; never 0.",
+            None, None, False, "out",
+        ),
+        FieldSpec("pad", "u32", 12, 4, "Must be zero.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_ctx_create) == 16
+
+
+class drm_emudev_ctx_destroy(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_CTX_DESTROY."
+    _fields_ = [
+        ("ctx_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec("ctx_id", "u32", 0, 4, "The context to destroy.", None, None, False, "in"),
+        FieldSpec("pad", "u32", 4, 4, "Must be zero.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_ctx_destroy) == 8
+
+
+class drm_emudev_submit_bo(UapiStruct):
+    _doc_ = "One BO of a job's list; the array is read with stride bo_stride."
+    _fields_ = [
+        ("handle", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec("handle", "u32", 0, 4, "GEM handle.", None, None, False, "in"),
+        FieldSpec(
+            "flags", "u32", 4, 4,
+            "How the job uses it.",
+            "drm_emudev_submit_bo_flags", None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_submit_bo) == 8
+
+
+class drm_emudev_sync(UapiStruct):
+    _doc_ = "One syncobj a job waits on or signals; the array is read with stride sync_stride."
+    _fields_ = [
+        ("handle", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("point", ctypes.c_uint64),
+    ]
+    _specs_ = (
+        FieldSpec("handle", "u32", 0, 4, "Syncobj handle.", None, None, False, "in"),
+        FieldSpec("flags", "u32", 4, 4, "Must be zero.", "drm_emudev_sync_flags", None, False, "in"),
+        FieldSpec("point", "u64", 8, 8, "Timeline point; 0 for a binary syncobj.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_sync) == 16
+
+
+class drm_emudev_submit(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_SUBMIT."
+    _fields_ = [
+        ("ctx_id", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cmd_handle", ctypes.c_uint32),
+        ("cmd_offset", ctypes.c_uint32),
+        ("cmd_size", ctypes.c_uint32),
+        ("bo_count", ctypes.c_uint32),
+        ("bos", ctypes.c_uint64),
+        ("in_syncs", ctypes.c_uint64),
+        ("out_syncs", ctypes.c_uint64),
+        ("in_sync_count", ctypes.c_uint32),
+        ("out_sync_count", ctypes.c_uint32),
+        ("bo_stride", ctypes.c_uint32),
+        ("sync_stride", ctypes.c_uint32),
+        ("seqno", ctypes.c_uint64),
+    ]
+    _specs_ = (
+        FieldSpec("ctx_id", "u32", 0, 4, "Context (queue) the job goes to.", None, None, False, "in"),
+        FieldSpec("flags", "u32", 4, 4, "Options.", "drm_emudev_submit_flags", None, False, "in"),
+        FieldSpec("cmd_handle", "u32", 8, 4, "BO holding the command stream.", None, None, False, "in"),
+        FieldSpec(
+            "cmd_offset", "u32", 12, 4,
+            "Offset of the stream in it; multiple of DRM_EMUDEV_PKT_ALIGN.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "cmd_size", "u32", 16, 4,
+            "Bytes of the stream; a multiple of DRM_EMUDEV_PKT_ALIGN, 1 to DRM_EMUDEV_MAX_CMD_SIZE.",
+            None, None, False, "in",
+        ),
+        FieldSpec("bo_count", "u32", 20, 4, "Entries at bos.", None, None, False, "in"),
+        FieldSpec("bos", "ptr", 24, 8, "BOs the job uses, kept alive until it ends.", None, None, True, "in"),
+        FieldSpec("in_syncs", "ptr", 32, 8, "Syncobj points the job waits for.", None, None, True, "in"),
+        FieldSpec(
+            "out_syncs", "ptr", 40, 8,
+            "Syncobj points that get the job's fence.",
+            None, None, True, "in",
+        ),
+        FieldSpec("in_sync_count", "u32", 48, 4, "Entries at in_syncs.", None, None, False, "in"),
+        FieldSpec("out_sync_count", "u32", 52, 4, "Entries at out_syncs.", None, None, False, "in"),
+        FieldSpec(
+            "bo_stride", "u32", 56, 4,
+            "Bytes between entries at bos; at least 8 (sizeof drm_emudev_submit_bo).",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "sync_stride", "u32", 60, 4,
+            "Bytes between entries at in_syncs and out_syncs; at least 16.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "seqno", "u64", 64, 8,
+            "Sequence number of the job in its context, for JOB_STATUS.",
+            None, None, False, "out",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_submit) == 72
+
+
+class drm_emudev_job_status(UapiStruct):
+    _doc_ = "Argument of DRM_IOCTL_EMUDEV_JOB_STATUS."
+    _fields_ = [
+        ("ctx_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("seqno", ctypes.c_uint64),
+        ("state", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("error", ctypes.c_int32),
+        ("fault_engine", ctypes.c_uint32),
+        ("fault_va", ctypes.c_uint64),
+        ("fault_packet", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+        ("submit_ns", ctypes.c_uint64),
+        ("start_ns", ctypes.c_uint64),
+        ("end_ns", ctypes.c_uint64),
+    ]
+    _specs_ = (
+        FieldSpec("ctx_id", "u32", 0, 4, "Context of the job.", None, None, False, "in"),
+        FieldSpec("pad", "u32", 4, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec("seqno", "u64", 8, 8, "What SUBMIT returned.", None, None, False, "in"),
+        FieldSpec("state", "u32", 16, 4, "Where the job is.", None, "drm_emudev_job_state", False, "out"),
+        FieldSpec("flags", "u32", 20, 4, "Fault and ban.", "drm_emudev_job_status_flags", None, False, "out"),
+        FieldSpec(
+            "error", "s32", 24, 4,
+            "0, or the negative errno the job's fence signalled with.",
+            None, None, False, "out",
+        ),
+        FieldSpec(
+            "fault_engine", "u32", 28, 4,
+            "Engine that faulted.",
+            None, "drm_emudev_engine", False, "out",
+        ),
+        FieldSpec(
+            "fault_va", "u64", 32, 8,
+            "Device address of the faulting access.",
+            None, None, False, "out",
+        ),
+        FieldSpec(
+            "fault_packet", "u32", 40, 4,
+            "Index of the faulting packet in the stream.",
+            None, None, False, "out",
+        ),
+        FieldSpec("pad2", "u32", 44, 4, "Zero.", None, None, False, "out"),
+        FieldSpec("submit_ns", "u64", 48, 8, "CLOCK_MONOTONIC time of SUBMIT.", None, None, False, "out"),
+        FieldSpec(
+            "start_ns", "u64", 56, 8,
+            "Time the job reached the engines; 0 before.",
+            None, None, False, "out",
+        ),
+        FieldSpec("end_ns", "u64", 64, 8, "Time its fence signalled; 0 before.", None, None, False, "out"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_job_status) == 72
+
+
+class drm_emudev_pkt_header(UapiStruct):
+    _doc_ = "First 8 bytes of every packet."
+    _fields_ = [
+        ("opcode", ctypes.c_uint16),
+        ("dwords", ctypes.c_uint16),
+        ("flags", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec("opcode", "u16", 0, 2, "What the packet does.", None, "drm_emudev_opcode", False, "in"),
+        FieldSpec(
+            "dwords", "u16", 2, 2,
+            "Length of the packet in 32-bit words, header included; even.",
+            None, None, False, "in",
+        ),
+        FieldSpec("flags", "u32", 4, 4, "Must be zero.", "drm_emudev_pkt_flags", None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_header) == 8
+
+
+class drm_emudev_tensor(UapiStruct):
+    _doc_ = "A strided view of device memory."
+    _fields_ = [
+        ("va", ctypes.c_uint64),
+        ("dims", ctypes.c_uint32 * 4),
+        ("strides", ctypes.c_uint32 * 4),
+        ("dtype", ctypes.c_uint32),
+        ("zero_point", ctypes.c_int32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "va", "u64", 0, 8,
+            "Device virtual address of element [0, 0, 0, 0].",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "dims", "u32[4]", 8, 16,
+            "Extent of each of the four dims (1 to DRM_EMUDEV_MAX_TENSOR_DIM).",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "strides", "u32[4]", 24, 16,
+            "Bytes between neighbours in each dim; multiples of the element size, 0 broadcasts a source.",
+            None, None, False, "in",
+        ),
+        FieldSpec("dtype", "u32", 40, 4, "Element type.", None, "drm_emudev_dtype", False, "in"),
+        FieldSpec(
+            "zero_point", "s32", 44, 4,
+            "Quantisation zero point of an int8 tensor; 0 otherwise.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_tensor) == 48
+
+
+class drm_emudev_activation(UapiStruct):
+    _doc_ = "Activation of a floating-point result."
+    _fields_ = [
+        ("fn", ctypes.c_uint32),
+        ("alpha", ctypes.c_float),
+        ("clip_min", ctypes.c_float),
+        ("clip_max", ctypes.c_float),
+    ]
+    _specs_ = (
+        FieldSpec("fn", "u32", 0, 4, "The function.", None, "drm_emudev_activation_fn", False, "in"),
+        FieldSpec("alpha", "f32", 4, 4, "Slope of LEAKY_RELU.", None, None, False, "in"),
+        FieldSpec("clip_min", "f32", 8, 4, "Lower bound of CLIP.", None, None, False, "in"),
+        FieldSpec("clip_max", "f32", 12, 4, "Upper bound of CLIP.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_activation) == 16
+
+
+class drm_emudev_requant(UapiStruct):
+    _doc_ = (
+        "Requantisation of an int32 accumulator to an int8 output, as TFLite: "
+        "clamp(MultiplyByQuantizedMultiplier(acc, multiplier, shift) + dst.zero_point, act_min, act_max). "
+        "Used when dst is int8; all zero otherwise."
+    )
+    _fields_ = [
+        ("table_va", ctypes.c_uint64),
+        ("multiplier", ctypes.c_int32),
+        ("shift", ctypes.c_int32),
+        ("act_min", ctypes.c_int32),
+        ("act_max", ctypes.c_int32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "table_va", "u64", 0, 8,
+            (
+                "0 for per-tensor requantisation; else the address of C_out pairs of s32 (multiplier, "
+                "shift), one per output channel, replacing the two fields below."
+            ),
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "multiplier", "s32", 8, 4,
+            "Q31 fixed-point multiplier, in [2^30, 2^31) or 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "shift", "s32", 12, 4,
+            "Power-of-two exponent applied with it; positive shifts left (TFLite convention).",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "act_min", "s32", 16, 4,
+            "Lower clamp of the output, in the quantised domain (>= -128).",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "act_max", "s32", 20, 4,
+            "Upper clamp of the output, in the quantised domain (<= 127).",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_requant) == 24
+
+
+class drm_emudev_pkt_nop(UapiStruct):
+    _doc_ = (
+        "Does nothing. May be longer than its header, to pad or to carry a comment; the rest is ignored."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_NOP, dwords 2 or more, flags 0.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_nop) == 8
+
+
+class drm_emudev_pkt_sem_wait(UapiStruct):
+    _doc_ = (
+        "Stops the named engine's queue until the 32-bit word at va meets the condition. The word may be "
+        "written by another engine, another job or the CPU; a wait no one satisfies ends with the job "
+        "timeout."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("engine", ctypes.c_uint32),
+        ("cond", ctypes.c_uint32),
+        ("va", ctypes.c_uint64),
+        ("value", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_SEM_WAIT, dwords 8, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "engine", "u32", 8, 4,
+            "The engine whose queue waits.",
+            None, "drm_emudev_engine", False, "in",
+        ),
+        FieldSpec("cond", "u32", 12, 4, "The condition.", None, "drm_emudev_sem_cond", False, "in"),
+        FieldSpec("va", "u64", 16, 8, "Address of the word; 4-byte aligned.", None, None, False, "in"),
+        FieldSpec("value", "u32", 24, 4, "Value compared with.", None, None, False, "in"),
+        FieldSpec("reserved", "u32", 28, 4, "Must be zero.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_sem_wait) == 32
+
+
+class drm_emudev_pkt_sem_signal(UapiStruct):
+    _doc_ = "Once every earlier packet of the named engine is done, sets or adds to the 32-bit word at va."
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("engine", ctypes.c_uint32),
+        ("op", ctypes.c_uint32),
+        ("va", ctypes.c_uint64),
+        ("value", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_SEM_SIGNAL, dwords 8, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "engine", "u32", 8, 4,
+            "The engine whose queue signals.",
+            None, "drm_emudev_engine", False, "in",
+        ),
+        FieldSpec("op", "u32", 12, 4, "SET or ADD.", None, "drm_emudev_sem_op", False, "in"),
+        FieldSpec("va", "u64", 16, 8, "Address of the word; 4-byte aligned.", None, None, False, "in"),
+        FieldSpec("value", "u32", 24, 4, "Operand.", None, None, False, "in"),
+        FieldSpec("reserved", "u32", 28, 4, "Must be zero.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_sem_signal) == 32
+
+
+class drm_emudev_pkt_timestamp(UapiStruct):
+    _doc_ = (
+        "Once every earlier packet of the named engine is done, writes CLOCK_MONOTONIC in ns as a u64 at "
+        "va."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("engine", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("va", ctypes.c_uint64),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_TIMESTAMP, dwords 6, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "engine", "u32", 8, 4,
+            "The engine whose queue writes.",
+            None, "drm_emudev_engine", False, "in",
+        ),
+        FieldSpec("reserved", "u32", 12, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec("va", "u64", 16, 8, "Address of the u64; 8-byte aligned.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_timestamp) == 24
+
+
+class drm_emudev_pkt_conv(UapiStruct):
+    _doc_ = (
+        "2-D convolution, NHWC in and out, OHWI weights, with stride, padding, dilation and groups "
+        "(depthwise when groups = C_in = C_out). dst H = (H + pad_top + pad_bottom - dilation_h * (KH - 1) "
+        "- 1) / stride_h + 1, likewise W. Then bias (one per output channel: fp32, or int32 for int8), "
+        "then the activation (floating point) or the requantisation (int8 dst). int8 src with int32 dst "
+        "stores the raw accumulators plus bias."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("src", drm_emudev_tensor),
+        ("weight", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+        ("bias_va", ctypes.c_uint64),
+        ("stride", ctypes.c_uint32 * 2),
+        ("dilation", ctypes.c_uint32 * 2),
+        ("pad", ctypes.c_uint32 * 4),
+        ("groups", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("act", drm_emudev_activation),
+        ("requant", drm_emudev_requant),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_CONV, dwords 60, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("src", "drm_emudev_tensor", 8, 48, "Input, [N, H, W, C_in].", None, None, False, "in"),
+        FieldSpec(
+            "weight", "drm_emudev_tensor", 56, 48,
+            "Weights, [C_out, KH, KW, C_in / groups], same dtype as src.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "dst", "drm_emudev_tensor", 104, 48,
+            "Output, [N, OH, OW, C_out].",
+            None, None, False, "in",
+        ),
+        FieldSpec("bias_va", "u64", 152, 8, "Address of C_out biases, or 0.", None, None, False, "in"),
+        FieldSpec("stride", "u32[2]", 160, 8, "Stride along H and W; at least 1.", None, None, False, "in"),
+        FieldSpec(
+            "dilation", "u32[2]", 168, 8,
+            "Dilation along H and W; at least 1.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "pad", "u32[4]", 176, 16,
+            "Zero padding: top, left, bottom, right.",
+            None, None, False, "in",
+        ),
+        FieldSpec("groups", "u32", 192, 4, "Groups; divides C_in and C_out.", None, None, False, "in"),
+        FieldSpec("reserved", "u32", 196, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec(
+            "act", "drm_emudev_activation", 200, 16,
+            "Activation of a floating-point dst; all zero for int8.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "requant", "drm_emudev_requant", 216, 24,
+            "Requantisation of an int8 dst; all zero otherwise.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_conv) == 240
+
+
+class drm_emudev_pkt_gemm(UapiStruct):
+    _doc_ = (
+        "dst = a x b (+ bias along the columns), batched over dims 0 and 1 (b may have 1 there and is then "
+        "broadcast): a is [B0, B1, M, K], b is [B0|1, B1|1, K, N] (or [.., .., N, K] with TRANSPOSE_B), "
+        "dst is [B0, B1, M, N]. Fully-connected layers and MatMul. Bias, activation and requantisation as "
+        "CONV, per column."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("a", drm_emudev_tensor),
+        ("b", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+        ("bias_va", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("act", drm_emudev_activation),
+        ("requant", drm_emudev_requant),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_GEMM, dwords 52, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("a", "drm_emudev_tensor", 8, 48, "Left operand.", None, None, False, "in"),
+        FieldSpec(
+            "b", "drm_emudev_tensor", 56, 48,
+            "Right operand, same dtype as a.",
+            None, None, False, "in",
+        ),
+        FieldSpec("dst", "drm_emudev_tensor", 104, 48, "Result.", None, None, False, "in"),
+        FieldSpec("bias_va", "u64", 152, 8, "Address of N biases, or 0.", None, None, False, "in"),
+        FieldSpec("flags", "u32", 160, 4, "Options.", "drm_emudev_gemm_flags", None, False, "in"),
+        FieldSpec("reserved", "u32", 164, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec(
+            "act", "drm_emudev_activation", 168, 16,
+            "Activation of a floating-point dst.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "requant", "drm_emudev_requant", 184, 24,
+            "Requantisation of an int8 dst.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_gemm) == 208
+
+
+class drm_emudev_pkt_sdp(UapiStruct):
+    _doc_ = (
+        "Element-wise: t = src * scale[c] + bias[c] (each when given, floating point only), t = op(t, "
+        "src2) with src2 broadcast (each of its dims equal to dst's or 1, or a 0 stride), then the "
+        "activation or, for int8, TFLite's quantised ADD/SUB (inputs rescaled by their own multiplier and "
+        "shift after a left shift) or MUL (product of the offset inputs), MAX and MIN (operands must share "
+        "the output's quantisation), then the requantisation. With op NONE and int8 src and dst it "
+        "requantises."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("op", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("src", drm_emudev_tensor),
+        ("src2", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+        ("scale_va", ctypes.c_uint64),
+        ("bias_va", ctypes.c_uint64),
+        ("act", drm_emudev_activation),
+        ("src_multiplier", ctypes.c_int32),
+        ("src_shift", ctypes.c_int32),
+        ("src2_multiplier", ctypes.c_int32),
+        ("src2_shift", ctypes.c_int32),
+        ("left_shift", ctypes.c_uint32),
+        ("reserved2", ctypes.c_uint32),
+        ("requant", drm_emudev_requant),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_SDP, dwords 60, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("op", "u32", 8, 4, "Operation with src2.", None, "drm_emudev_sdp_op", False, "in"),
+        FieldSpec("reserved", "u32", 12, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec("src", "drm_emudev_tensor", 16, 48, "First operand, dims of dst.", None, None, False, "in"),
+        FieldSpec(
+            "src2", "drm_emudev_tensor", 64, 48,
+            "Second operand (broadcastable to dst); all zero for NONE.",
+            None, None, False, "in",
+        ),
+        FieldSpec("dst", "drm_emudev_tensor", 112, 48, "Result.", None, None, False, "in"),
+        FieldSpec(
+            "scale_va", "u64", 160, 8,
+            "Address of C fp32 per-channel scales (folded batch norm), or 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "bias_va", "u64", 168, 8,
+            "Address of C fp32 per-channel biases, or 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "act", "drm_emudev_activation", 176, 16,
+            "Activation of a floating-point dst.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "src_multiplier", "s32", 192, 4,
+            "int8 ADD/SUB - rescale of src after the left shift.",
+            None, None, False, "in",
+        ),
+        FieldSpec("src_shift", "s32", 196, 4, "int8 ADD/SUB - its shift.", None, None, False, "in"),
+        FieldSpec(
+            "src2_multiplier", "s32", 200, 4,
+            "int8 ADD/SUB - rescale of src2 after the left shift.",
+            None, None, False, "in",
+        ),
+        FieldSpec("src2_shift", "s32", 204, 4, "int8 ADD/SUB - its shift.", None, None, False, "in"),
+        FieldSpec(
+            "left_shift", "u32", 208, 4,
+            "int8 ADD/SUB - left shift of both offset inputs (TFLite uses 20).",
+            None, None, False, "in",
+        ),
+        FieldSpec("reserved2", "u32", 212, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec(
+            "requant", "drm_emudev_requant", 216, 24,
+            "Requantisation of an int8 dst.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_sdp) == 240
+
+
+class drm_emudev_pkt_pdp(UapiStruct):
+    _doc_ = (
+        "Max or average pooling over H and W, NHWC, with stride and padding; dst dims follow the CONV "
+        "formula with dilation 1. A window covering only padding is an error at validation. int8 src and "
+        "dst must share the quantisation; AVG rounds half away from zero as TFLite."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("op", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("src", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+        ("kernel", ctypes.c_uint32 * 2),
+        ("stride", ctypes.c_uint32 * 2),
+        ("pad", ctypes.c_uint32 * 4),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_PDP, dwords 36, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("op", "u32", 8, 4, "MAX or AVG.", None, "drm_emudev_pdp_op", False, "in"),
+        FieldSpec("flags", "u32", 12, 4, "Options.", "drm_emudev_pdp_flags", None, False, "in"),
+        FieldSpec("src", "drm_emudev_tensor", 16, 48, "Input, [N, H, W, C].", None, None, False, "in"),
+        FieldSpec("dst", "drm_emudev_tensor", 64, 48, "Output, [N, OH, OW, C].", None, None, False, "in"),
+        FieldSpec(
+            "kernel", "u32[2]", 112, 8,
+            "Window height and width; at least 1.",
+            None, None, False, "in",
+        ),
+        FieldSpec("stride", "u32[2]", 120, 8, "Stride along H and W; at least 1.", None, None, False, "in"),
+        FieldSpec(
+            "pad", "u32[4]", 128, 16,
+            "Padding: top, left, bottom, right; each below the window's extent.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_pdp) == 144
+
+
+class drm_emudev_pkt_cdp(UapiStruct):
+    _doc_ = "LRN or softmax along C of an NHWC tensor; fp32 and fp16 only; src and dst have the same dims."
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("op", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("src", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+        ("alpha", ctypes.c_float),
+        ("beta", ctypes.c_float),
+        ("bias", ctypes.c_float),
+        ("reserved", ctypes.c_uint32),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_CDP, dwords 32, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("op", "u32", 8, 4, "LRN or SOFTMAX.", None, "drm_emudev_cdp_op", False, "in"),
+        FieldSpec(
+            "size", "u32", 12, 4,
+            "LRN - channels in the window, odd; 0 for SOFTMAX.",
+            None, None, False, "in",
+        ),
+        FieldSpec("src", "drm_emudev_tensor", 16, 48, "Input.", None, None, False, "in"),
+        FieldSpec("dst", "drm_emudev_tensor", 64, 48, "Output.", None, None, False, "in"),
+        FieldSpec("alpha", "f32", 112, 4, "LRN alpha.", None, None, False, "in"),
+        FieldSpec("beta", "f32", 116, 4, "LRN beta.", None, None, False, "in"),
+        FieldSpec("bias", "f32", 120, 4, "LRN bias (ONNX k).", None, None, False, "in"),
+        FieldSpec("reserved", "u32", 124, 4, "Must be zero.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_cdp) == 128
+
+
+class drm_emudev_pkt_bdma(UapiStruct):
+    _doc_ = (
+        "Strided copy or fill of up to four dims; concat and split are copies into and out of strided "
+        "views."
+    )
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("op", ctypes.c_uint32),
+        ("fill_value", ctypes.c_uint32),
+        ("src", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_BDMA, dwords 28, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("op", "u32", 8, 4, "COPY or FILL.", None, "drm_emudev_bdma_op", False, "in"),
+        FieldSpec(
+            "fill_value", "u32", 12, 4,
+            "FILL - the element's bit pattern in its low bytes.",
+            None, None, False, "in",
+        ),
+        FieldSpec(
+            "src", "drm_emudev_tensor", 16, 48,
+            "COPY - the source; all zero for FILL.",
+            None, None, False, "in",
+        ),
+        FieldSpec("dst", "drm_emudev_tensor", 64, 48, "The destination.", None, None, False, "in"),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_bdma) == 112
+
+
+class drm_emudev_pkt_rubik(UapiStruct):
+    _doc_ = "Transpose by a permutation of the four dims, or reshape; src and dst have the same dtype."
+    _fields_ = [
+        ("header", drm_emudev_pkt_header),
+        ("op", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("src", drm_emudev_tensor),
+        ("dst", drm_emudev_tensor),
+        ("perm", ctypes.c_uint32 * 4),
+    ]
+    _specs_ = (
+        FieldSpec(
+            "header", "drm_emudev_pkt_header", 0, 8,
+            "Opcode DRM_EMUDEV_OP_RUBIK, dwords 32, flags 0.",
+            None, None, False, "in",
+        ),
+        FieldSpec("op", "u32", 8, 4, "TRANSPOSE or RESHAPE.", None, "drm_emudev_rubik_op", False, "in"),
+        FieldSpec("reserved", "u32", 12, 4, "Must be zero.", None, None, False, "in"),
+        FieldSpec("src", "drm_emudev_tensor", 16, 48, "Input.", None, None, False, "in"),
+        FieldSpec("dst", "drm_emudev_tensor", 64, 48, "Output.", None, None, False, "in"),
+        FieldSpec(
+            "perm", "u32[4]", 112, 16,
+            "TRANSPOSE - a permutation of 0..3; all zero for RESHAPE.",
+            None, None, False, "in",
+        ),
+    )
+
+
+assert ctypes.sizeof(drm_emudev_pkt_rubik) == 128
 
 
 class sw_sync_create_fence_data(UapiStruct):
@@ -2320,6 +3536,114 @@ IOCTLS: tuple[IoctlSpec, ...] = (
         by_value=False,
     ),
     IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_CTX_CREATE",
+        family="emudev",
+        type=0x64,
+        nr=0x46,
+        dir=IOC_READ | IOC_WRITE,
+        struct=drm_emudev_ctx_create,
+        size=16,
+        sizes=(16,),
+        cmd=DRM_IOCTL_EMUDEV_CTX_CREATE,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "priority is unknown; flags or pad are not zero"),
+            ("EACCES", "priority is HIGH and the caller lacks CAP_SYS_NICE"),
+        ),
+        doc=(
+            "Create a context: a queue of jobs with its own fence timeline and priority, as a drm_sched "
+            "entity. Jobs of one context run in submission order."
+        ),
+        requires=frozenset(),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_CTX_DESTROY",
+        family="emudev",
+        type=0x64,
+        nr=0x47,
+        dir=IOC_WRITE,
+        struct=drm_emudev_ctx_destroy,
+        size=8,
+        sizes=(8,),
+        cmd=DRM_IOCTL_EMUDEV_CTX_DESTROY,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "pad is not zero"),
+            ("ENOENT", "ctx_id is not a context of this file"),
+        ),
+        doc=(
+            "Destroy a context. Its queued jobs are cancelled (their fences signal ESRCH); the running one "
+            "finishes. Closing the file destroys its contexts the same way."
+        ),
+        requires=frozenset(),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_SUBMIT",
+        family="emudev",
+        type=0x64,
+        nr=0x48,
+        dir=IOC_READ | IOC_WRITE,
+        struct=drm_emudev_submit,
+        size=72,
+        sizes=(72,),
+        cmd=DRM_IOCTL_EMUDEV_SUBMIT,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", (
+                "flags unknown; cmd_offset or cmd_size misaligned, 0 or too large; a stride below its "
+                "struct; a BO flag or sync flag unknown; an in_sync point never submitted; a malformed "
+                "stream"
+            )),
+            ("ENOENT", "ctx_id, cmd_handle, a listed BO or a syncobj handle is unknown"),
+            ("EFAULT", (
+                "an array cannot be read; the stream lies outside its BO; a packet addresses memory "
+                "outside one mapped BO"
+            )),
+            ("ECANCELED", "the context is banned after a job timed out"),
+            ("ENODEV", "the device was unplugged"),
+        ),
+        doc=(
+            "Queue a job: the command stream at cmd_offset in the BO cmd_handle, run once every in_sync "
+            "point and, unless NO_IMPLICIT, the fences of the listed BOs (writers for READ, all for WRITE) "
+            "have signalled. The job's fence replaces the fence of each binary out_sync, is added as a "
+            "chain point to each timeline out_sync, and goes into the listed BOs' reservations (WRITE "
+            "usage for written BOs, READ otherwise). The stream is copied and validated whole first (see "
+            "the ISA); on any error nothing is queued and no syncobj changes. The job ends with an error "
+            "on a fault (EFAULT), after the job timeout (ETIME, the context is banned), when an input "
+            "fence failed (that error), when its context goes (ESRCH) or when the device does (ENODEV)."
+        ),
+        requires=frozenset({"gem", "syncobj"}),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
+        name="DRM_IOCTL_EMUDEV_JOB_STATUS",
+        family="emudev",
+        type=0x64,
+        nr=0x49,
+        dir=IOC_READ | IOC_WRITE,
+        struct=drm_emudev_job_status,
+        size=72,
+        sizes=(72,),
+        cmd=DRM_IOCTL_EMUDEV_JOB_STATUS,
+        permissions=frozenset(),
+        errors=(
+            ("EINVAL", "pad is not zero; seqno is 0 or was never returned by SUBMIT on the context"),
+            ("ENOENT", "ctx_id is unknown; the job is older than the history"),
+        ),
+        doc=(
+            "Report where a job is, how it ended and, after a fault, where it faulted; the last "
+            "DRM_EMUDEV_JOB_HISTORY jobs of each context are remembered."
+        ),
+        requires=frozenset(),
+        variants=(),
+        by_value=False,
+    ),
+    IoctlSpec(
         name="SW_SYNC_IOC_CREATE_FENCE",
         family="sw_sync",
         type=0x57,
@@ -2454,6 +3778,157 @@ IOCTLS: tuple[IoctlSpec, ...] = (
     ),
 )
 IOCTLS_BY_NAME: dict[str, IoctlSpec] = {spec.name: spec for spec in IOCTLS}
+
+
+#: The command-stream packets by opcode: what a decoder dispatches on.
+PACKETS: dict[int, PacketSpec] = {
+    DRM_EMUDEV_OP_NOP: PacketSpec(
+        name="NOP",
+        opcode=DRM_EMUDEV_OP_NOP,
+        engine=DRM_EMUDEV_ENGINE_CS,
+        struct=drm_emudev_pkt_nop,
+        size=8,
+        dwords=2,
+        doc=(
+            "Does nothing. May be longer than its header, to pad or to carry a comment; the rest is "
+            "ignored."
+        ),
+        variable_length=True,
+    ),
+    DRM_EMUDEV_OP_SEM_WAIT: PacketSpec(
+        name="SEM_WAIT",
+        opcode=DRM_EMUDEV_OP_SEM_WAIT,
+        engine=None,
+        struct=drm_emudev_pkt_sem_wait,
+        size=32,
+        dwords=8,
+        doc=(
+            "Stops the named engine's queue until the 32-bit word at va meets the condition. The word may "
+            "be written by another engine, another job or the CPU; a wait no one satisfies ends with the "
+            "job timeout."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_SEM_SIGNAL: PacketSpec(
+        name="SEM_SIGNAL",
+        opcode=DRM_EMUDEV_OP_SEM_SIGNAL,
+        engine=None,
+        struct=drm_emudev_pkt_sem_signal,
+        size=32,
+        dwords=8,
+        doc="Once every earlier packet of the named engine is done, sets or adds to the 32-bit word at va.",
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_TIMESTAMP: PacketSpec(
+        name="TIMESTAMP",
+        opcode=DRM_EMUDEV_OP_TIMESTAMP,
+        engine=None,
+        struct=drm_emudev_pkt_timestamp,
+        size=24,
+        dwords=6,
+        doc=(
+            "Once every earlier packet of the named engine is done, writes CLOCK_MONOTONIC in ns as a u64 "
+            "at va."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_CONV: PacketSpec(
+        name="CONV",
+        opcode=DRM_EMUDEV_OP_CONV,
+        engine=DRM_EMUDEV_ENGINE_CONV,
+        struct=drm_emudev_pkt_conv,
+        size=240,
+        dwords=60,
+        doc=(
+            "2-D convolution, NHWC in and out, OHWI weights, with stride, padding, dilation and groups "
+            "(depthwise when groups = C_in = C_out). dst H = (H + pad_top + pad_bottom - dilation_h * (KH "
+            "- 1) - 1) / stride_h + 1, likewise W. Then bias (one per output channel: fp32, or int32 for "
+            "int8), then the activation (floating point) or the requantisation (int8 dst). int8 src with "
+            "int32 dst stores the raw accumulators plus bias."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_GEMM: PacketSpec(
+        name="GEMM",
+        opcode=DRM_EMUDEV_OP_GEMM,
+        engine=DRM_EMUDEV_ENGINE_CONV,
+        struct=drm_emudev_pkt_gemm,
+        size=208,
+        dwords=52,
+        doc=(
+            "dst = a x b (+ bias along the columns), batched over dims 0 and 1 (b may have 1 there and is "
+            "then broadcast): a is [B0, B1, M, K], b is [B0|1, B1|1, K, N] (or [.., .., N, K] with "
+            "TRANSPOSE_B), dst is [B0, B1, M, N]. Fully-connected layers and MatMul. Bias, activation and "
+            "requantisation as CONV, per column."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_SDP: PacketSpec(
+        name="SDP",
+        opcode=DRM_EMUDEV_OP_SDP,
+        engine=DRM_EMUDEV_ENGINE_SDP,
+        struct=drm_emudev_pkt_sdp,
+        size=240,
+        dwords=60,
+        doc=(
+            "Element-wise: t = src * scale[c] + bias[c] (each when given, floating point only), t = op(t, "
+            "src2) with src2 broadcast (each of its dims equal to dst's or 1, or a 0 stride), then the "
+            "activation or, for int8, TFLite's quantised ADD/SUB (inputs rescaled by their own multiplier "
+            "and shift after a left shift) or MUL (product of the offset inputs), MAX and MIN (operands "
+            "must share the output's quantisation), then the requantisation. With op NONE and int8 src and "
+            "dst it requantises."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_PDP: PacketSpec(
+        name="PDP",
+        opcode=DRM_EMUDEV_OP_PDP,
+        engine=DRM_EMUDEV_ENGINE_PDP,
+        struct=drm_emudev_pkt_pdp,
+        size=144,
+        dwords=36,
+        doc=(
+            "Max or average pooling over H and W, NHWC, with stride and padding; dst dims follow the CONV "
+            "formula with dilation 1. A window covering only padding is an error at validation. int8 src "
+            "and dst must share the quantisation; AVG rounds half away from zero as TFLite."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_CDP: PacketSpec(
+        name="CDP",
+        opcode=DRM_EMUDEV_OP_CDP,
+        engine=DRM_EMUDEV_ENGINE_CDP,
+        struct=drm_emudev_pkt_cdp,
+        size=128,
+        dwords=32,
+        doc="LRN or softmax along C of an NHWC tensor; fp32 and fp16 only; src and dst have the same dims.",
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_BDMA: PacketSpec(
+        name="BDMA",
+        opcode=DRM_EMUDEV_OP_BDMA,
+        engine=DRM_EMUDEV_ENGINE_BDMA,
+        struct=drm_emudev_pkt_bdma,
+        size=112,
+        dwords=28,
+        doc=(
+            "Strided copy or fill of up to four dims; concat and split are copies into and out of strided "
+            "views."
+        ),
+        variable_length=False,
+    ),
+    DRM_EMUDEV_OP_RUBIK: PacketSpec(
+        name="RUBIK",
+        opcode=DRM_EMUDEV_OP_RUBIK,
+        engine=DRM_EMUDEV_ENGINE_RUBIK,
+        struct=drm_emudev_pkt_rubik,
+        size=128,
+        dwords=32,
+        doc="Transpose by a permutation of the four dims, or reshape; src and dst have the same dtype.",
+        variable_length=False,
+    ),
+}
+PACKETS_BY_NAME: dict[str, PacketSpec] = {spec.name: spec for spec in PACKETS.values()}
 
 
 #: The strings and version DRM_IOCTL_VERSION reports.

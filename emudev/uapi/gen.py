@@ -9,7 +9,7 @@ Outputs: ``emudev/uapi/defs.py`` (ctypes bindings used by the device),
 ``include/uapi/drm/emudev_accel.h`` (the driver's C header, in the style of
 ``rocket_accel.h``) and ``docs/uapi.md``.
 
-Spec schema, one file per ioctl family::
+Spec schema, one file per ioctl family (an ISA document, below, is the other kind)::
 
     family: name                 # "drm", "emudev", "dma_buf", ...
     type: "d"                    # the _IOC_TYPE character
@@ -32,7 +32,8 @@ Spec schema, one file per ioctl family::
         kernel-abi: {waive: [rule, ...], why: ...}   # kernel transcriptions only
         fields:
           - name: ...
-            type: u8|s8|u16|s16|u32|s32|u64|s64|ptr, or TYPE[N]; char only as char[N]
+            type: u8|s8|u16|s16|u32|s32|u64|s64|ptr, or TYPE[N]; char only as char[N];
+                  f32 (the ISA only); or a struct defined earlier (same or earlier file)
             doc: ...
             dir: in | out | inout          # default in
             flags: FLAGSET                 # for flag fields
@@ -57,7 +58,28 @@ Spec schema, one file per ioctl family::
       - name: emudev_claim_fd      # the function the code defines
         doc: ...                   # kernel-doc body; its line breaks stay, for "@arg:" and "Return:"
         code: |                    # verbatim C, one "static inline" definition
-    packets: ...                   # reserved for the command-stream ISA
+
+The command-stream ISA is a document of its own: it has ``packets`` and no
+``type``, ``type-macro``, ``dispatch``, ``unknown-errno``, ``driver``, ``ioctls``
+or ``c-helpers``; its struct fields take no ``dir``, ``since``, ``points-to`` or
+``kernel-*`` keys::
+
+    family: emudev_isa
+    origin: driver
+    prefix: DRM_EMUDEV             # names below are derived from it
+    version: {major, minor}        # gives DRM_EMUDEV_ISA_VERSION = (major << 16) | minor
+    doc: ...                       # its paragraphs (two blank lines in >-) are kept
+    constants, enums, flags, structs: as above
+        # needs: the constant DRM_EMUDEV_PKT_ALIGN, the enum drm_emudev_engine and
+        # the struct drm_emudev_pkt_header (with opcode and dwords fields)
+    packets:
+      - name: CONV                 # upper case
+        opcode: 0x10               # unique; DRM_EMUDEV_OP_CONV in the generated enum drm_emudev_opcode
+        engine: DRM_EMUDEV_ENGINE_CONV   # omitted by control packets, which carry an engine field
+        variable-length: true      # NOP only: dwords may exceed the packet's size
+        doc: ...
+        fields: [...]              # as struct fields; the generated struct drm_emudev_pkt_conv
+                                   # starts with "header" (struct drm_emudev_pkt_header)
 
 C helpers do for C callers what the uapi alone cannot, such as claiming an
 outgoing fd's ticket, so that no caller re-implements a convention. The header
@@ -79,7 +101,7 @@ import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +124,7 @@ SCALAR_SIZES = {
     "s16": 2,
     "u32": 4,
     "s32": 4,
+    "f32": 4,
     "u64": 8,
     "s64": 8,
     "ptr": 8,
@@ -127,8 +150,14 @@ _TOP_KEYS = {
     "structs",
     "ioctls",
     "c-helpers",
+    "packets",
 }
-_RESERVED_TOP_KEYS = {"packets": "reserved for the command-stream ISA, which is not generated yet"}
+# What an ioctl family has and an ISA document (the one with packets) must not.
+_IOCTL_ONLY_TOP_KEYS = ("type", "type-macro", "dispatch", "unknown-errno", "driver", "ioctls", "c-helpers")
+# Field keys that mean nothing for bytes in a command stream.
+_IOCTL_ONLY_FIELD_KEYS = ("dir", "since", "points-to", "kernel-c-type", "kernel-implicit")
+_PACKET_KEYS = {"name", "opcode", "engine", "variable-length", "doc", "fields"}
+_PACKET_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _FIELD_KEYS = {
     "name",
     "type",
@@ -204,6 +233,8 @@ class Field:
     since: str | None
     kernel_c_type: str | None
     kernel_implicit: bool
+    align: int
+    struct: str | None = None
 
     @property
     def is_pointer(self) -> bool:
@@ -211,7 +242,11 @@ class Field:
 
     @property
     def elem_size(self) -> int:
-        return SCALAR_SIZES[self.base]
+        return self.size // (self.count or 1)
+
+    @property
+    def is_float(self) -> bool:
+        return self.base == "f32"
 
 
 @dataclass(frozen=True)
@@ -227,6 +262,8 @@ class Struct:
     waive: tuple[str, ...] = ()
     waive_why: str = ""
     scalar_of: str | None = None
+    align: int = 1
+    packet: str | None = None
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -313,14 +350,32 @@ class CHelper:
 
 
 @dataclass(frozen=True)
+class Packet:
+    """A command-stream packet: ``struct`` starts with the header and is the whole packet."""
+
+    name: str
+    opcode: int
+    opcode_name: str
+    engine: str | None
+    doc: str
+    struct: str
+    variable_length: bool
+    family: str
+    path: str
+
+
+@dataclass(frozen=True)
 class Family:
+    """An ioctl family (``kind`` "ioctl") or a command-stream ISA (``kind`` "isa", no type)."""
+
     name: str
     path: str
-    type: int
+    kind: str
+    type: int | None
     doc: str
     origin: str
-    dispatch: str
-    unknown_errno: str
+    dispatch: str | None
+    unknown_errno: str | None
     version: tuple[int, int] | None
     driver: Mapping[str, Any] | None
     constants: tuple[str, ...]
@@ -329,6 +384,8 @@ class Family:
     structs: tuple[str, ...]
     ioctls: tuple[str, ...]
     helpers: tuple[str, ...]
+    packets: tuple[str, ...] = ()
+    prefix: str | None = None
 
 
 @dataclass
@@ -342,12 +399,19 @@ class Model:
     structs: dict[str, Struct]
     ioctls: dict[str, Ioctl]
     helpers: dict[str, CHelper]
+    packets: dict[str, Packet]
 
     def driver_family(self) -> Family:
-        drivers = [family for family in self.families.values() if family.origin == "driver"]
+        drivers = [
+            family for family in self.families.values() if family.origin == "driver" and family.kind == "ioctl"
+        ]
         if len(drivers) != 1:
             raise SpecError("spec", f"expected exactly one family with origin: driver, found {len(drivers)}")
         return drivers[0]
+
+    def driver_isas(self) -> list[Family]:
+        """The driver's command-stream ISAs: its header and docs carry them after its ioctls."""
+        return [family for family in self.families.values() if family.origin == "driver" and family.kind == "isa"]
 
 
 # --------------------------------------------------------------------------- loading
@@ -411,6 +475,7 @@ def build_model(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Model:
     builder.define_values(documents)
     builder.resolve_flags(documents)
     builder.define_structs(documents)
+    builder.check_packets()
     builder.define_ioctls(documents)
     builder.define_helpers(documents)
     return builder.model()
@@ -427,11 +492,12 @@ class _Builder:
         self.structs: dict[str, Struct] = {}
         self.ioctls: dict[str, Ioctl] = {}
         self.helpers: dict[str, CHelper] = {}
+        self.packets: dict[str, Packet] = {}
 
     def add_family(self, path: str, data: Mapping[str, Any]) -> None:
-        reserved = sorted(set(data) & set(_RESERVED_TOP_KEYS))
-        if reserved:
-            raise SpecError(path, f"{reserved[0]}: {_RESERVED_TOP_KEYS[reserved[0]]}")
+        if "packets" in data:
+            self._add_isa(path, data)
+            return
         _check_keys(data, _TOP_KEYS, ("family", "type", "origin", "dispatch", "unknown-errno"), "file", path)
         name = str(data["family"])
         type_char = str(data["type"])
@@ -443,7 +509,34 @@ class _Builder:
             raise SpecError(path, f"family {name} is declared twice")
         if data["origin"] == "driver" and not {"prefix", "version", "driver"} <= set(data):
             raise SpecError(path, "a driver family needs prefix, version and driver")
-        self.families[name] = {"path": path, "data": data, "type": ord(type_char), "names": _names()}
+        self.families[name] = {
+            "path": path,
+            "data": data,
+            "kind": "ioctl",
+            "type": ord(type_char),
+            "names": _names(),
+        }
+
+    def _add_isa(self, path: str, data: Mapping[str, Any]) -> None:
+        """A command-stream ISA: packets in a BO, not ioctls; names derive from its prefix."""
+        _check_keys(data, _TOP_KEYS, ("family", "origin", "prefix", "version"), "file", path)
+        ioctl_only = [key for key in _IOCTL_ONLY_TOP_KEYS if key in data]
+        if ioctl_only:
+            raise SpecError(
+                path,
+                f"packets: a document with packets is an ISA, which has no {', '.join(ioctl_only)}",
+            )
+        name = str(data["family"])
+        if data["origin"] not in ("kernel", "driver"):
+            raise SpecError(path, "origin must be kernel|driver")
+        if name in self.families:
+            raise SpecError(path, f"family {name} is declared twice")
+        version = data["version"]
+        if not isinstance(version, Mapping) or set(version) != {"major", "minor"}:
+            raise SpecError(path, "version needs {major, minor}")
+        if not isinstance(data["packets"], list):
+            raise SpecError(path, "packets: expected a list")
+        self.families[name] = {"path": path, "data": data, "kind": "isa", "type": None, "names": _names()}
 
     # values: constants, enums, flag members -----------------------------------
 
@@ -465,6 +558,9 @@ class _Builder:
 
     def _family_constants(self, family: str, path: str, data: Mapping[str, Any]) -> None:
         info = self.families[family]
+        if info["kind"] == "isa":
+            self._isa_values(family, path, data)
+            return
         if data.get("type-macro"):
             doc = f"ioctl type of the {family} family ('{data['type']}')."
             self._add_constant(
@@ -494,6 +590,35 @@ class _Builder:
             ("UAPI_VERSION", HexInt(major << 16 | minor), "(major << 16) | minor, as the device reports it."),
         ):
             self._add_constant(Constant(f"{prefix}_{suffix}", value, doc, family, path), "constants")
+
+    def _isa_values(self, family: str, path: str, data: Mapping[str, Any]) -> None:
+        """DRM_EMUDEV_ISA_VERSION, and the opcode enum the header's opcode field names."""
+        prefix = str(data["prefix"])
+        major, minor = int(data["version"]["major"]), int(data["version"]["minor"])
+        doc = (
+            f"Version of the command-stream ISA, (major << 16) | minor, here {major}.{minor}; "
+            f"{prefix}_PARAM_ISA_VERSION reports the device's."
+        )
+        version = Constant(f"{prefix}_ISA_VERSION", HexInt(major << 16 | minor), doc, family, path)
+        self._add_constant(version, "constants")
+        members = []
+        for item in data["packets"]:
+            where = f"packet {item.get('name', '?')}" if isinstance(item, Mapping) else "packet"
+            _check_keys(item, _PACKET_KEYS, ("name", "opcode", "fields"), where, path)
+            name = str(item["name"])
+            opcode = item["opcode"]
+            if not _PACKET_NAME_RE.match(name):
+                raise SpecError(path, f"packet {name}: the name must be an upper-case identifier")
+            if not isinstance(opcode, int) or isinstance(opcode, bool) or opcode < 0:
+                raise SpecError(path, f"packet {name}: opcode must be a non-negative integer")
+            doc = f"Opcode of the {name} packet, struct {_packet_struct_name(prefix, name)}."
+            members.append({"name": f"{prefix}_OP_{name}", "value": opcode, "doc": doc})
+        enum = {
+            "name": f"{prefix.lower()}_opcode",
+            "doc": f"Packet opcodes, in struct {prefix.lower()}_pkt_header.opcode; one per packet of the ISA.",
+            "members": members,
+        }
+        self._enum(family, path, enum)
 
     def _constant(self, family: str, path: str, item: Mapping[str, Any], group: str | None) -> str:
         if not isinstance(item["value"], int) or isinstance(item["value"], bool):
@@ -563,16 +688,73 @@ class _Builder:
     # structs ------------------------------------------------------------------
 
     def define_structs(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Structs and packets, in file order: a struct-typed field names one defined before it."""
         for path, data in documents:
+            family = str(data["family"])
             for item in data.get("structs") or ():
-                self._struct(str(data["family"]), path, item)
+                self._struct(family, path, item)
+            for item in data.get("packets") or ():
+                self._packet(family, path, data, item)
 
     def _struct(self, family: str, path: str, item: Mapping[str, Any]) -> None:
         _check_keys(item, {"name", "doc", "kernel-abi", "fields"}, ("name", "fields"), "struct", path)
         waive, why = self._waivers(path, item)
-        fields, size = lay_out([self._field_input(path, item["name"], raw) for raw in item["fields"] or ()])
-        struct = Struct(item["name"], _text(item.get("doc")), family, path, fields, size, waive, why)
+        inputs = [self._field_input(path, item["name"], raw, family) for raw in item["fields"] or ()]
+        fields, size, align = lay_out(inputs)
+        struct = Struct(item["name"], _text(item.get("doc")), family, path, fields, size, waive, why, align=align)
         self._add_named(self.structs, "structs", struct)
+
+    def _packet(self, family: str, path: str, data: Mapping[str, Any], item: Mapping[str, Any]) -> None:
+        """``struct PREFIX_pkt_NAME``: the header, then the packet's fields."""
+        prefix = str(data["prefix"])
+        name = str(item["name"])
+        header_name = f"{prefix.lower()}_pkt_header"
+        if f"{prefix}_PKT_ALIGN" not in self.constants:
+            raise SpecError(path, f"packet {name}: the ISA needs the constant {prefix}_PKT_ALIGN")
+        header = self.structs.get(header_name)
+        if header is None or header.family != family:
+            raise SpecError(path, f"packet {name}: the ISA needs its header struct {header_name} before its packets")
+        if {"opcode", "dwords"} - {field.name for field in header.fields}:
+            raise SpecError(path, f"struct {header_name}: a packet header needs opcode and dwords fields")
+        engine = item.get("engine")
+        engine_enum = self.enums.get(f"{prefix.lower()}_engine")
+        if engine is not None and (engine_enum is None or engine not in engine_enum.members):
+            raise SpecError(path, f"packet {name}: engine {engine} is not a member of enum {prefix.lower()}_engine")
+        variable = item.get("variable-length", False)
+        if not isinstance(variable, bool):
+            raise SpecError(path, f"packet {name}: variable-length must be true or false")
+        if any(isinstance(raw, Mapping) and raw.get("name") == "header" for raw in item["fields"] or ()):
+            raise SpecError(path, f"packet {name}: header is the generated first field; name the field otherwise")
+        struct_name = _packet_struct_name(prefix, name)
+        opcode_name = f"{prefix}_OP_{name}"
+        raw_header = {"name": "header", "type": header_name, "doc": "header"}
+        inputs = [self._field_input(path, struct_name, raw_header, family)]
+        inputs += [self._field_input(path, struct_name, raw, family) for raw in item["fields"] or ()]
+        fields, size, align = lay_out(inputs)
+        header_doc = f"Opcode {opcode_name}, dwords {size // 4}{' or more' if variable else ''}, flags 0."
+        fields = (replace(fields[0], doc=header_doc), *fields[1:])
+        doc = _text(item.get("doc"))
+        struct = Struct(struct_name, doc, family, path, fields, size, align=align, packet=name)
+        self._add_named(self.structs, "structs", struct)
+        opcode = self.constants[opcode_name].value
+        packet = Packet(name, opcode, opcode_name, engine, doc, struct_name, variable, family, path)
+        self._add_named(self.packets, "packets", packet)
+
+    def check_packets(self) -> None:
+        """Opcodes are what a decoder dispatches on: one packet each, and they fit the header."""
+        by_opcode: dict[int, list[Packet]] = {}
+        for packet in self.packets.values():
+            by_opcode.setdefault(packet.opcode, []).append(packet)
+            header = self.structs[self.structs[packet.struct].fields[0].type]
+            widths = {field.name: field.size for field in header.fields}
+            if packet.opcode >= 1 << (8 * widths["opcode"]):
+                raise SpecError(packet.path, f"packet {packet.name}: opcode {packet.opcode:#x} does not fit the header")
+            if self.structs[packet.struct].size // 4 >= 1 << (8 * widths["dwords"]):
+                raise SpecError(packet.path, f"packet {packet.name}: too long for the header's dwords field")
+        for opcode, packets in by_opcode.items():
+            if len(packets) > 1:
+                names = ", ".join(packet.name for packet in packets)
+                raise SpecError(packets[0].path, f"opcode {opcode:#x} used by {names}", "unique-opcode")
 
     def _waivers(self, path: str, item: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
         abi = item.get("kernel-abi")
@@ -581,17 +763,36 @@ class _Builder:
         _check_keys(abi, {"waive", "why"}, ("waive",), f"struct {item['name']} kernel-abi", path)
         return tuple(str(rule) for rule in abi["waive"] or ()), _text(abi.get("why"))
 
-    def _field_input(self, path: str, struct: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    def _field_input(self, path: str, struct: str, raw: Mapping[str, Any], family: str) -> dict[str, Any]:
         where = f"struct {struct} field {raw.get('name', '?')}"
         _check_keys(raw, _FIELD_KEYS, ("name", "type"), where, path)
-        base, count = parse_type(str(raw["type"]), path, where)
+        if self.families[family]["kind"] == "isa":
+            ioctl_only = [key for key in _IOCTL_ONLY_FIELD_KEYS if key in raw]
+            if ioctl_only:
+                raise SpecError(path, f"{where}: {', '.join(ioctl_only)}: no meaning in a command stream")
+        base, count = parse_type(str(raw["type"]), path, where, self.structs)
         direction = raw.get("dir", "in")
         if direction not in FIELD_DIRECTIONS:
             raise SpecError(path, f"{where}: dir must be one of {', '.join(FIELD_DIRECTIONS)}")
         for key, table in (("flags", self.flagsets), ("enum", self.enums)):
             if raw.get(key) is not None and raw[key] not in table:
                 raise SpecError(path, f"{where}: {key} {raw[key]} is not defined")
-        return {"raw": raw, "base": base, "count": count, "direction": direction}
+        nested = self.structs.get(base)
+        if nested is not None:
+            if any(raw.get(key) is not None for key in ("flags", "enum", "points-to")):
+                raise SpecError(path, f"{where}: a struct-typed field takes no flags, enum or points-to")
+            elem_size, align = nested.size, nested.align
+        else:
+            elem_size = align = SCALAR_SIZES[base]
+        return {
+            "raw": raw,
+            "base": base,
+            "count": count,
+            "direction": direction,
+            "elem_size": elem_size,
+            "align": align,
+            "struct": nested.name if nested is not None else None,
+        }
 
     # ioctls -------------------------------------------------------------------
 
@@ -643,9 +844,9 @@ class _Builder:
         raw = {"name": scalar["field"], "type": scalar["type"], "doc": scalar.get("doc")}
         if "points-to" in scalar:
             raw["points-to"] = scalar["points-to"]
-        fields, size = lay_out([self._field_input(path, scalar["struct"], raw)])
+        fields, size, align = lay_out([self._field_input(path, scalar["struct"], raw, family)])
         doc = f"Argument of {item['name']}, a bare {scalar['type']} given a struct so every ioctl has one."
-        struct = Struct(scalar["struct"], doc, family, path, fields, size, scalar_of=str(item["name"]))
+        struct = Struct(scalar["struct"], doc, family, path, fields, size, scalar_of=str(item["name"]), align=align)
         self._add_named(self.structs, "structs", struct)
         return struct
 
@@ -693,21 +894,31 @@ class _Builder:
     def model(self) -> Model:
         families = {name: self._family(name, info) for name, info in self.families.items()}
         return Model(
-            families, self.constants, self.enums, self.flagsets, self.structs, self.ioctls, self.helpers
+            families,
+            self.constants,
+            self.enums,
+            self.flagsets,
+            self.structs,
+            self.ioctls,
+            self.helpers,
+            self.packets,
         )
 
     @staticmethod
     def _family(name: str, info: Mapping[str, Any]) -> Family:
         data, names = info["data"], info["names"]
         version = data.get("version")
+        isa = info["kind"] == "isa"
         return Family(
             name=name,
             path=info["path"],
+            kind=info["kind"],
             type=info["type"],
-            doc=_text(data.get("doc")),
+            # An ISA's doc is the introduction to a reference: its paragraphs stay.
+            doc=_paragraphs(data.get("doc")) if isa else _text(data.get("doc")),
             origin=data["origin"],
-            dispatch=data["dispatch"],
-            unknown_errno=str(data["unknown-errno"]),
+            dispatch=None if isa else data["dispatch"],
+            unknown_errno=None if isa else str(data["unknown-errno"]),
             version=(int(version["major"]), int(version["minor"])) if version else None,
             driver=data.get("driver"),
             constants=tuple(names["constants"]),
@@ -716,11 +927,25 @@ class _Builder:
             structs=tuple(names["structs"]),
             ioctls=tuple(names["ioctls"]),
             helpers=tuple(names["helpers"]),
+            packets=tuple(names["packets"]),
+            prefix=data.get("prefix"),
         )
 
 
 def _names() -> dict[str, list[str]]:
-    return {"constants": [], "enums": [], "flagsets": [], "structs": [], "ioctls": [], "helpers": []}
+    groups = ("constants", "enums", "flagsets", "structs", "ioctls", "helpers", "packets")
+    return {group: [] for group in groups}
+
+
+def _packet_struct_name(prefix: str, packet: str) -> str:
+    return f"{prefix.lower()}_pkt_{packet.lower()}"
+
+
+def _paragraphs(value: Any) -> str:
+    """Paragraphs (blank-line separated in the text) joined by one blank line, each on one line."""
+    if value is None:
+        return ""
+    return "\n\n".join(filter(None, (_text(part) for part in re.split(r"\n\s*\n", str(value)))))
 
 
 def _defines_static_inline(code: str, name: str) -> bool:
@@ -729,6 +954,7 @@ def _defines_static_inline(code: str, name: str) -> bool:
 
 def _make_field(inputs: Mapping[str, Any], offset: int, size: int) -> Field:
     raw = inputs["raw"]
+    kernel_implicit = bool(raw.get("kernel-implicit", False))
     return Field(
         name=str(raw["name"]),
         type=str(raw["type"]),
@@ -743,20 +969,28 @@ def _make_field(inputs: Mapping[str, Any], offset: int, size: int) -> Field:
         points_to=raw.get("points-to"),
         since=raw.get("since"),
         kernel_c_type=raw.get("kernel-c-type"),
-        kernel_implicit=bool(raw.get("kernel-implicit", False)),
+        kernel_implicit=kernel_implicit,
+        align=inputs["align"],
+        struct=inputs.get("struct"),
     )
 
 
-def parse_type(spelling: str, path: str, where: str) -> tuple[str, int | None]:
-    """Split ``u32`` / ``char[32]`` into base type and element count.
+def parse_type(
+    spelling: str, path: str, where: str, structs: Mapping[str, Any] | None = None
+) -> tuple[str, int | None]:
+    """Split ``u32`` / ``char[32]`` / ``drm_emudev_tensor`` into base type and element count.
 
     Only fixed-size __u/__s types exist in a uapi: C's bool, enum, long and
-    pointer types change size or signedness between ABIs.
+    pointer types change size or signedness between ABIs. ``f32`` parses
+    (the command-stream ISA has it); the linter keeps it out of ioctl structs.
+    A struct name is a nested struct, one of ``structs`` (those defined so far).
     """
     match = _TYPE_RE.match(spelling.replace(" ", ""))
-    if not match or match["base"] not in SCALAR_SIZES:
+    if not match or (match["base"] not in SCALAR_SIZES and match["base"] not in (structs or {})):
         raise SpecError(
-            path, f"{where}: {spelling!r} is not a uapi type (u8..u64, s8..s64, ptr, X[N])", "c-types"
+            path,
+            f"{where}: {spelling!r} is not a uapi type (u8..u64, s8..s64, f32, ptr, a struct defined before, X[N])",
+            "c-types",
         )
     count = int(match["count"]) if match["count"] else None
     if match["base"] == "char" and count is None:
@@ -764,17 +998,17 @@ def parse_type(spelling: str, path: str, where: str) -> tuple[str, int | None]:
     return match["base"], count
 
 
-def lay_out(inputs: Sequence[Mapping[str, Any]]) -> tuple[tuple[Field, ...], int]:
-    """Fields at their C natural-alignment offsets (LP64), and the padded struct size."""
+def lay_out(inputs: Sequence[Mapping[str, Any]]) -> tuple[tuple[Field, ...], int, int]:
+    """Fields at their C natural-alignment offsets (LP64), the padded struct size and its alignment."""
     offset, align, fields = 0, 1, []
     for field_input in inputs:
-        member_align = SCALAR_SIZES[field_input["base"]]
+        member_align = field_input["align"]
         offset = -(-offset // member_align) * member_align
-        size = member_align * (field_input["count"] or 1)
+        size = field_input["elem_size"] * (field_input["count"] or 1)
         fields.append(_make_field(field_input, offset, size))
         offset += size
         align = max(align, member_align)
-    return tuple(fields), -(-offset // align) * align
+    return tuple(fields), -(-offset // align) * align, align
 
 
 # --------------------------------------------------------------------------- shared rendering helpers
@@ -803,6 +1037,7 @@ _CTYPES = {
     "s16": "ctypes.c_int16",
     "u32": "ctypes.c_uint32",
     "s32": "ctypes.c_int32",
+    "f32": "ctypes.c_float",
     "u64": "ctypes.c_uint64",
     "s64": "ctypes.c_int64",
     "ptr": "ctypes.c_uint64",
@@ -848,10 +1083,20 @@ def render_defs(model: Model) -> str:
         *_py_enums(model),
         *_py_structs(model),
         *_py_ioctls(model),
+        *_py_packets(model),
         *_py_driver(model),
     ]
     used = {name for ioctl in model.ioctls.values() for name in _py_dir(ioctl.dir).split(" | ")}
-    imports = [*sorted(used), "EnumSpec", "FamilySpec", "FieldSpec", "FlagSet", "IoctlSpec", "UapiStruct"]
+    imports = [
+        *sorted(used),
+        "EnumSpec",
+        "FamilySpec",
+        "FieldSpec",
+        "FlagSet",
+        "IoctlSpec",
+        "PacketSpec",
+        "UapiStruct",
+    ]
     head = [
         f"# Generated by `{GENERATOR}` from emudev/uapi/spec/*.yaml. Do not edit.",
         '"""Python bindings of the uapi declared in ``emudev/uapi/spec/*.yaml``.',
@@ -872,6 +1117,8 @@ def render_defs(model: Model) -> str:
 def _py_families(model: Model) -> list[str]:
     lines = ["", "FAMILIES: dict[str, FamilySpec] = {"]
     for family in model.families.values():
+        if family.kind != "ioctl":
+            continue
         lines += [
             f'    "{family.name}": FamilySpec(',
             f'        name="{family.name}",',
@@ -977,7 +1224,8 @@ def _py_structs(model: Model) -> list[str]:
 
 
 def _ctype(field: Field) -> str:
-    return _CTYPES[field.base] + (f" * {field.count}" if field.count else "")
+    base = field.struct or _CTYPES[field.base]
+    return base + (f" * {field.count}" if field.count else "")
 
 
 def _py_fieldspec(field: Field) -> list[str]:
@@ -1040,6 +1288,35 @@ def _py_ioctl(ioctl: Ioctl) -> list[str]:
     ]
 
 
+def _py_packets(model: Model) -> list[str]:
+    lines = [
+        "",
+        "",
+        "#: The command-stream packets by opcode: what a decoder dispatches on.",
+        "PACKETS: dict[int, PacketSpec] = {",
+    ]
+    for packet in model.packets.values():
+        struct = model.structs[packet.struct]
+        engine = packet.engine or "None"
+        lines += [
+            f"    {packet.opcode_name}: PacketSpec(",
+            f'        name="{packet.name}",',
+            f"        opcode={packet.opcode_name},",
+            f"        engine={engine},",
+            f"        struct={struct.name},",
+            f"        size={struct.size},",
+            f"        dwords={struct.size // 4},",
+            f"        doc={py_str(packet.doc, 8, 5)},",
+            f"        variable_length={packet.variable_length},",
+            "    ),",
+        ]
+    return [
+        *lines,
+        "}",
+        "PACKETS_BY_NAME: dict[str, PacketSpec] = {spec.name: spec for spec in PACKETS.values()}",
+    ]
+
+
 def _py_tuple(items: Sequence[str]) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
@@ -1079,6 +1356,7 @@ _C_TYPES = {
     "s16": "__s16",
     "u32": "__u32",
     "s32": "__s32",
+    "f32": "float",
     "u64": "__u64",
     "s64": "__s64",
     "ptr": "__u64",
@@ -1113,13 +1391,18 @@ def _c_doc(text: str, indent: str = "") -> list[str]:
 def render_header(model: Model) -> str:
     """The generated ``include/uapi/drm/emudev_accel.h``: this driver's uapi only."""
     family = model.driver_family()
+    isas = model.driver_isas()
+    sources = " and ".join(item.path for item in [family, *isas])
     guard = "__DRM_UAPI_EMUDEV_ACCEL_H__"
+    isa_sections = []
+    for isa in isas:
+        isa_sections += [*_c_isa_intro(isa), *_c_values(model, isa), *_c_structs(model, isa)]
     lines = [
         "/* SPDX-License-Identifier: MIT */",
         "/*",
         *[f" * {line}".rstrip() for line in _wrap(family.doc, 76)],
         " *",
-        f" * Generated by `{GENERATOR}` from {family.path}. Do not edit.",
+        *[f" * {line}".rstrip() for line in _wrap(f"Generated by `{GENERATOR}` from {sources}. Do not edit.", 76)],
         " */",
         f"#ifndef {guard}",
         f"#define {guard}",
@@ -1139,7 +1422,8 @@ def render_header(model: Model) -> str:
         *_c_ioctl_numbers(model, family),
         *_c_values(model, family),
         *_c_structs(model, family),
-        *_c_layout_checks(model, family),
+        *isa_sections,
+        *_c_layout_checks(model, [family, *isas]),
         *_c_helpers(model, family),
         "",
         "#if defined(__cplusplus)",
@@ -1222,25 +1506,43 @@ def _c_values(model: Model, family: Family) -> list[str]:
     return lines
 
 
+def _c_isa_intro(isa: Family) -> list[str]:
+    """The ISA's own introduction, ahead of its values and structs."""
+    major, minor = isa.version or (0, 0)
+    title = f"Command-stream ISA {isa.name}, version {major}.{minor}, generated from {isa.path}."
+    lines = ["", "/*", *[f" * {line}" for line in _wrap(title, 76)]]
+    for paragraph in isa.doc.split("\n\n"):
+        lines += [" *", *[f" * {line}".rstrip() for line in _wrap(paragraph, 76)]]
+    return [*lines, " */"]
+
+
 def _c_structs(model: Model, family: Family) -> list[str]:
     lines: list[str] = []
     for struct in (model.structs[name] for name in family.structs):
-        lines += ["", *_c_doc(f"struct {struct.name} - {struct.doc}"), f"struct {struct.name} {{"]
+        doc = struct.doc
+        if struct.packet is not None:
+            packet = model.packets[struct.packet]
+            engine = f", engine {packet.engine}" if packet.engine else ", engine named by its engine field"
+            doc = f"The {packet.name} packet (opcode {packet.opcode_name}{engine}). {doc}"
+        lines += ["", *_c_doc(f"struct {struct.name} - {doc}"), f"struct {struct.name} {{"]
         for index, field in enumerate(struct.fields):
-            lines += ([""] if index else []) + _c_field(field)
+            lines += ([""] if index else []) + _c_field(field, show_dir=family.kind == "ioctl")
         lines.append("};")
     return lines
 
 
-def _c_field(field: Field) -> list[str]:
+def _c_field(field: Field, *, show_dir: bool = True) -> list[str]:
     notes = [f"enum {field.enum}" if field.enum else "", f"flags {field.flags}" if field.flags else ""]
-    notes += [f"user pointer to {field.points_to}" if field.points_to else "", field.direction]
-    doc = f"{field.doc} ({'; '.join(note for note in notes if note)})"
+    notes += [f"user pointer to {field.points_to}" if field.points_to else ""]
+    notes += [field.direction if show_dir else ""]
+    extra = "; ".join(note for note in notes if note)
+    doc = field.doc + (f" ({extra})" if extra else "")
     declarator = field.name + (f"[{field.count}]" if field.count else "")
-    return [*_c_doc(f"@{field.name}: {doc}", "\t"), f"\t{_C_TYPES[field.base]} {declarator};"]
+    c_type = f"struct {field.struct}" if field.struct else _C_TYPES[field.base]
+    return [*_c_doc(f"@{field.name}: {doc}", "\t"), f"\t{c_type} {declarator};"]
 
 
-def _c_layout_checks(model: Model, family: Family) -> list[str]:
+def _c_layout_checks(model: Model, families: Sequence[Family]) -> list[str]:
     macro = "DRM_EMUDEV_STATIC_ASSERT"
     lines = [
         "",
@@ -1260,7 +1562,10 @@ def _c_layout_checks(model: Model, family: Family) -> list[str]:
         "\ttypedef char drm_emudev_static_assert_##tag[(expr) ? 1 : -1]",
         "#endif",
     ]
-    for struct in (model.structs[name] for name in family.structs):
+    structs = [model.structs[name] for family in families for name in family.structs]
+    if any(field.is_float for struct in structs for field in struct.fields):
+        lines.append(f"{macro}(sizeof(float) == 4, float_is_binary32);")
+    for struct in structs:
         lines.append(f"{macro}(sizeof(struct {struct.name}) == {struct.size}, {struct.name}_size);")
         for field in struct.fields:
             check = f"offsetof(struct {struct.name}, {field.name}) == {field.offset}"
@@ -1298,8 +1603,68 @@ def render_docs(model: Model) -> str:
     ]
     lines += [f"- [{family.name}](#family-{family.name})" for family in model.families.values()]
     for family in model.families.values():
-        lines += _md_family(model, family)
+        lines += _md_isa(model, family) if family.kind == "isa" else _md_family(model, family)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _md_isa(model: Model, family: Family) -> list[str]:
+    """An ISA: its introduction, the packet table, each packet, then the structs packets share."""
+    major, minor = family.version or (0, 0)
+    lines = [
+        "",
+        f'<a id="family-{family.name}"></a>',
+        "",
+        f"## Family `{family.name}` (command-stream ISA {major}.{minor}, {family.origin})",
+    ]
+    for paragraph in family.doc.split("\n\n"):
+        lines += ["", md(paragraph)]
+    starts = ""
+    if family.packets:
+        header = model.structs[model.packets[family.packets[0]].struct].fields[0].struct
+        starts = f"Every packet starts with [`struct {header}`](#struct-{header}). "
+    lines += ["", f"{starts}Sizes and offsets are in bytes. Spec: `{family.path}`."]
+    if family.packets:
+        lines += ["", "### Packets", "", "| opcode | name | engine | size |", "|---|---|---|---|"]
+        for packet in (model.packets[name] for name in family.packets):
+            size = model.structs[packet.struct].size
+            engine = f"`{packet.engine}`" if packet.engine else "its `engine` field"
+            length = f"{size} ({size // 4} dwords)" + (" or more" if packet.variable_length else "")
+            link = f"[`{packet.name}`](#packet-{packet.name})"
+            lines.append(f"| `{packet.opcode:#04x}` | {link} | {engine} | {length} |")
+        for name in family.packets:
+            lines += _md_packet(model, name)
+    sections: list[tuple[str, Sequence[str], Callable[[Model, str], list[str]]]] = [
+        ("Structs", [name for name in family.structs if model.structs[name].packet is None], _md_struct),
+        ("Flag sets", family.flagsets, _md_flagset),
+        ("Enums", family.enums, _md_enum),
+    ]
+    for title, names, render in sections:
+        if names:
+            lines += ["", f"### {title}"]
+            for name in names:
+                lines += render(model, name)
+    return lines + _md_constants(model, family)
+
+
+def _md_packet(model: Model, name: str) -> list[str]:
+    packet = model.packets[name]
+    struct = model.structs[packet.struct]
+    engine = f"engine `{packet.engine}`" if packet.engine else "engine named by its `engine` field"
+    return [
+        "",
+        f'<a id="packet-{packet.name}"></a>',
+        "",
+        f"#### `{packet.name}`",
+        "",
+        f"Opcode `{packet.opcode_name}` = `{packet.opcode:#04x}`, {engine}, `struct {struct.name}` "
+        f"({struct.size} bytes{', or longer' if packet.variable_length else ''}).",
+        "",
+        md(packet.doc),
+        "",
+        "| offset | type | name | doc |",
+        "|---|---|---|---|",
+        *[_md_field_row(field, with_dir=False) for field in struct.fields],
+    ]
 
 
 def _md_family(model: Model, family: Family) -> list[str]:
@@ -1384,12 +1749,22 @@ def _md_struct(model: Model, name: str) -> list[str]:
     if struct.waive:
         rules = ", ".join(f"`{rule}`" for rule in struct.waive)
         lines += ["", f"Kernel ABI exemption from {rules}: {md(struct.waive_why)}"]
-    lines += ["", "| offset | type | name | dir | doc |", "|---|---|---|---|---|"]
-    lines += [_md_field_row(field) for field in struct.fields]
+    with_dir = model.families[struct.family].kind == "ioctl"
+    if with_dir:
+        lines += ["", "| offset | type | name | dir | doc |", "|---|---|---|---|---|"]
+    else:
+        lines += ["", "| offset | type | name | doc |", "|---|---|---|---|"]
+    lines += [_md_field_row(field, with_dir=with_dir) for field in struct.fields]
     return lines
 
 
-def _md_field_row(field: Field) -> str:
+def _md_type(field: Field) -> str:
+    if field.struct is None:
+        return f"`{field.type}`"
+    return f"[`struct {field.struct}`](#struct-{field.struct})" + (f"\\[{field.count}\\]" if field.count else "")
+
+
+def _md_field_row(field: Field, *, with_dir: bool = True) -> str:
     notes = [f"flags: `{field.flags}`" if field.flags else "", f"enum: `{field.enum}`" if field.enum else ""]
     notes += [
         f"points to `{field.points_to}`" if field.points_to else "",
@@ -1399,7 +1774,8 @@ def _md_field_row(field: Field) -> str:
     notes += ["implicit in the kernel header" if field.kernel_implicit else ""]
     extra = "; ".join(note for note in notes if note)
     doc = md(field.doc) + (f" ({extra})" if extra else "")
-    return f"| {field.offset} | `{field.type}` | `{field.name}` | {field.direction} | {doc} |"
+    direction = f" {field.direction} |" if with_dir else ""
+    return f"| {field.offset} | {_md_type(field)} | `{field.name}` |{direction} {doc} |"
 
 
 def _md_flagset(model: Model, name: str) -> list[str]:

@@ -7,7 +7,13 @@ Documentation/process/botching-up-ioctls.rst: a struct must look the same to
 explicit, 64-bit members are 8-aligned, user pointers travel in ``__u64`` and no
 C type whose size depends on the ABI appears.
 
-The driver's own family gets every rule. Families with ``origin: kernel`` are
+The driver's own family gets every rule. The command-stream ISA (the document with
+``packets``) gets the struct rules too: its packets and structs are bytes shared
+with user space just the same, and every packet's size is a multiple of the
+stream alignment (``DRM_EMUDEV_PKT_ALIGN``), with explicit padding. Only the ISA
+may hold ``f32`` fields: the kernel's uapi never carries floating point.
+
+Families with ``origin: kernel`` are
 transcriptions of kernel ABI that cannot be changed; a struct there may waive a
 struct rule the kernel header itself breaks, but only explicitly in YAML
 (``kernel-abi: {waive: [...], why: ...}``), and a waiver that is not needed is
@@ -68,7 +74,16 @@ def lint_documents(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> list[P
 def lint_model(model: Model) -> list[Problem]:
     """Every rule over a built model."""
     problems = _struct_problems(model)
-    for check in (_flag_sets, _ioctl_numbers, _ioctl_vocabulary, _ioctl_directions, _documentation):
+    checks = (
+        _floats,
+        _packets,
+        _flag_sets,
+        _ioctl_numbers,
+        _ioctl_vocabulary,
+        _ioctl_directions,
+        _documentation,
+    )
+    for check in checks:
         problems += check(model)
     return problems
 
@@ -136,7 +151,7 @@ def _u64_alignment(struct: Struct) -> Iterator[tuple[str, str]]:
     """i386 aligns 64-bit members to 4: only an 8-aligned packed offset gives one layout for both."""
     packed = 0
     for field in struct.fields:
-        if field.elem_size == 8 and packed % 8:
+        if field.align == 8 and packed % 8:
             yield (
                 "u64-alignment",
                 f"struct {struct.name}: {field.name} ({field.type}) at packed offset {packed}",
@@ -172,6 +187,60 @@ def _fixed_findings(struct: Struct) -> Iterator[tuple[str, str]]:
     since = [field.since is not None for field in struct.fields]
     if any(since) and since[since.index(True) :].count(False):
         yield "append-only", f"struct {struct.name}: fields added later (since) must all come last"
+
+
+def _floats(model: Model) -> list[Problem]:
+    """f32 belongs to the command stream: an ioctl struct holds none, not even in a nested struct."""
+
+    def float_path(struct: Struct) -> str | None:
+        for field in struct.fields:
+            if field.is_float:
+                return field.name
+            inner = float_path(model.structs[field.struct]) if field.struct else None
+            if inner:
+                return f"{field.name}.{inner}"
+        return None
+
+    problems = []
+    for struct in model.structs.values():
+        if model.families[struct.family].kind == "isa":
+            continue
+        found = float_path(struct)
+        if found:
+            message = f"struct {struct.name}: {found} is f32; only the command-stream ISA carries floating point"
+            problems.append(Problem(struct.path, "no-float", message))
+    return problems
+
+
+def _packets(model: Model) -> list[Problem]:
+    """Packets tile the stream, and each one goes to an engine: its opcode's or its engine field's."""
+    problems = []
+    for packet in model.packets.values():
+        struct = model.structs[packet.struct]
+        prefix = (model.families[packet.family].prefix or "").lower()
+        align = model.constants[f"{prefix.upper()}_PKT_ALIGN"]
+        if struct.size % align.value:
+            message = (
+                f"packet {packet.name}: struct {struct.name} is {struct.size} bytes, not a multiple of "
+                f"{align.name} ({align.value}); pad it explicitly"
+            )
+            problems.append(Problem(packet.path, "explicit-padding", message))
+        engine_field = next((field for field in struct.fields if field.name == "engine"), None)
+        if packet.engine is None and (engine_field is None or engine_field.enum != f"{prefix}_engine"):
+            message = f"packet {packet.name}: names no engine, so it needs an engine field (enum {prefix}_engine)"
+            problems.append(Problem(packet.path, "packet-engine", message))
+        if packet.engine is not None and engine_field is not None:
+            message = f"packet {packet.name}: runs on {packet.engine} yet has an engine field"
+            problems.append(Problem(packet.path, "packet-engine", message))
+    for family in model.families.values():
+        header = model.structs.get(f"{(family.prefix or '').lower()}_pkt_header")
+        if family.kind != "isa" or header is None:
+            continue
+        opcode = next(field for field in header.fields if field.name == "opcode")
+        if opcode.enum != f"{family.prefix.lower()}_opcode":
+            message = f"struct {header.name}: opcode must name enum {family.prefix.lower()}_opcode"
+            problems.append(Problem(header.path, "packet-header", message))
+    return problems
 
 
 def _flag_sets(model: Model) -> list[Problem]:
@@ -248,7 +317,8 @@ def _documentation(model: Model) -> list[Problem]:
     items += [(v.path, f"constant {v.name}", v.doc) for v in model.constants.values()]
     items += [(v.path, f"C helper {v.name}", v.doc) for v in model.helpers.values()]
     for struct in model.structs.values():
-        items.append((struct.path, f"struct {struct.name}", struct.doc))
+        what = f"packet {struct.packet}" if struct.packet else f"struct {struct.name}"
+        items.append((struct.path, what, struct.doc))
         items += [(struct.path, f"field {struct.name}.{field.name}", field.doc) for field in struct.fields]
     for ioctl in model.ioctls.values():
         items += [

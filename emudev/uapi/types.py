@@ -152,13 +152,13 @@ class UapiStruct(ctypes.Structure):
         """The struct's bytes, ready to be copied back to the caller."""
         return bytes(self)
 
-    def fields_dict(self) -> dict[str, int | bytes]:
-        """Field values by name, for tracing; arrays are given as their raw bytes."""
+    def fields_dict(self) -> dict[str, int | float | bytes]:
+        """Field values by name, for tracing; arrays and nested structs are given as their raw bytes."""
         raw = self.to_bytes()
-        values: dict[str, int | bytes] = {}
+        values: dict[str, int | float | bytes] = {}
         for spec in self._specs_:
             value = getattr(self, spec.name)
-            if isinstance(value, int | bytes):
+            if isinstance(value, int | float | bytes):
                 values[spec.name] = value
             else:
                 values[spec.name] = raw[spec.offset : spec.offset + spec.size]
@@ -204,3 +204,27 @@ class IoctlSpec:
             raise ValueError(f"{self.name}: newest size {self.size} missing from sizes {self.sizes}")
         cmds = tuple(ioc(self.dir, self.type, self.nr, size) for size in self.sizes)
         object.__setattr__(self, "cmds", cmds)
+
+
+@dataclass(frozen=True)
+class PacketSpec:
+    """One packet of the command-stream ISA (``emudev.uapi.isa`` encodes and decodes them).
+
+    ``struct`` is the whole packet, header first; ``size`` its bytes and ``dwords``
+    the value its header's ``dwords`` holds. A ``variable_length`` packet (NOP) may
+    be longer than ``size`` in a stream. ``engine`` is the engine the opcode runs on,
+    or ``None`` for control packets, which name one in their own ``engine`` field.
+    """
+
+    name: str
+    opcode: int
+    engine: int | None
+    struct: type[UapiStruct]
+    size: int
+    dwords: int
+    doc: str
+    variable_length: bool = False
+
+    def __post_init__(self) -> None:
+        if ctypes.sizeof(self.struct) != self.size or self.dwords * 4 != self.size:
+            raise ValueError(f"{self.name}: size {self.size} / dwords {self.dwords} do not match its struct")

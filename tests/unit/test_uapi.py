@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import errno
 import shutil
 import subprocess
 import warnings
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from emudev.uapi import defs, gen, lint
+from emudev.uapi import defs, gen, isa, lint
 from emudev.uapi.types import IOC_READ, IOC_WRITE, UapiStruct, ioc, ioc_dir, ioc_nr, ioc_size, ioc_type
 
 GCC = shutil.which("gcc")
@@ -302,6 +303,10 @@ def _packets(toy: dict[str, Any]) -> None:
     toy["packets"] = []
 
 
+def _float_field(toy: dict[str, Any]) -> None:
+    _toy_fields(toy)[0]["type"] = "f32"
+
+
 TOY_HELPER = {
     "name": "toy_zero",
     "doc": "Return zero.\n@fd: Ignored.\n\nReturn: 0.",
@@ -343,7 +348,8 @@ SEEDED_MISTAKES = [
         "append-only: struct toy_arg: fields added later (since) must all come last",
     ),
     (_unknown_permission, "vocabulary: DRM_IOCTL_TOY_DO: unknown permission render"),
-    (_packets, "schema: packets: reserved for the command-stream ISA"),
+    (_packets, "schema: packets: a document with packets is an ISA, which has no type, dispatch, unknown-errno"),
+    (_float_field, "no-float: struct toy_arg: handle is f32; only the command-stream ISA carries floating point"),
     (_undocumented_helper, "documented: C helper toy_zero has no doc"),
     (_helper_not_inline, "schema: C helper toy_zero: code must be the static inline definition"),
     (_helper_misnamed, "schema: C helper toy_one: code must be the static inline definition of toy_one()"),
@@ -499,6 +505,38 @@ def test_header_compiles_as_cxx(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _driver_header_structs(model: gen.Model) -> list[gen.Struct]:
+    families = [model.driver_family(), *model.driver_isas()]
+    return [model.structs[name] for family in families for name in family.structs]
+
+
+def _layout_probe(model: gen.Model) -> str:
+    """Every struct of the driver's header, ISA packets included: sizes and offsets as C sees them."""
+    lines = ["#include <stdio.h>", '#include "emudev_accel.h"', "", "int main(void)", "{"]
+    for struct in _driver_header_structs(model):
+        lines.append(f'\tprintf("{struct.name} %lu\\n", (unsigned long)sizeof(struct {struct.name}));')
+        for field in struct.fields:
+            offset = f"offsetof(struct {struct.name}, {field.name})"
+            lines.append(f'\tprintf("{struct.name}.{field.name} %lu\\n", (unsigned long){offset});')
+    lines += ['\tprintf("ISA %lu\\n", (unsigned long)DRM_EMUDEV_ISA_VERSION);', "\treturn 0;", "}", ""]
+    return "\n".join(lines)
+
+
+@needs_gcc
+@pytest.mark.parametrize("dialect", sorted(C_DIALECTS))
+def test_header_layouts_match_the_bindings(model: gen.Model, tmp_path: Path, dialect: str) -> None:
+    result = _compile(tmp_path, _layout_probe(model), [*C_DIALECTS[dialect], f"-I{HEADER_DIR}"])
+    assert result.returncode == 0, result.stderr
+    expected = {"ISA": defs.DRM_EMUDEV_ISA_VERSION}
+    for struct in _driver_header_structs(model):
+        cls = getattr(defs, struct.name)
+        expected[struct.name] = ctypes.sizeof(cls)
+        expected.update({f"{struct.name}.{field.name}": getattr(cls, field.name).offset for field in struct.fields})
+    printed = {name: int(value) for name, value in (line.split() for line in _run(tmp_path).splitlines())}
+    assert printed == expected
+    assert "drm_emudev_pkt_conv.requant" in printed and "drm_emudev_submit.seqno" in printed
+
+
 # The header comes first: it must bring in everything its C helpers use.
 HELPER_PROBE = """#include "emudev_accel.h"
 
@@ -638,3 +676,447 @@ def test_spec_matches_system_headers(model: gen.Model, tmp_path: Path) -> None:
         warnings.warn(f"not in the system headers, not compared: {', '.join(absent)}", stacklevel=1)
     assert set(absent) <= RECENT_ADDITIONS
     assert compared > 100
+
+
+# --------------------------------------------------------------------------- command-stream ISA
+
+
+def _isa_document(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    return next(data for path, data in documents if path.endswith("isa.yaml"))
+
+
+def test_isa_is_its_own_kind_of_family(model: gen.Model) -> None:
+    family = model.families["emudev_isa"]
+    assert (family.kind, family.type, family.ioctls) == ("isa", None, ())
+    assert "emudev_isa" not in defs.FAMILIES
+    assert model.driver_family().name == "emudev" and model.driver_isas() == [family]
+    assert defs.DRM_EMUDEV_ISA_VERSION == 1 << 16 | 0
+    assert defs.PACKETS_BY_NAME["CONV"].struct is defs.drm_emudev_pkt_conv
+
+
+def test_opcode_enum_is_generated_from_the_packets(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    packets = _isa_document(documents)["packets"]
+    opcodes = defs.ENUMS["drm_emudev_opcode"].members
+    assert opcodes == {f"DRM_EMUDEV_OP_{packet['name']}": packet["opcode"] for packet in packets}
+    assert defs.DRM_EMUDEV_OP_CONV == 0x10
+    header = {spec.name: spec for spec in defs.drm_emudev_pkt_header._specs_}
+    assert header["opcode"].enum == "drm_emudev_opcode"
+
+
+def test_packet_registry_is_complete(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    packets = _isa_document(documents)["packets"]
+    assert sorted(defs.PACKETS) == sorted(packet["opcode"] for packet in packets)
+    for raw in packets:
+        spec = defs.PACKETS[raw["opcode"]]
+        assert spec.name == raw["name"] and spec.opcode == raw["opcode"]
+        assert spec.struct is getattr(defs, f"drm_emudev_pkt_{raw['name'].lower()}")
+        engine = raw.get("engine")
+        assert spec.engine == (getattr(defs, engine) if engine else None)
+        assert spec.variable_length == (raw["name"] == "NOP")
+        assert spec.doc and defs.PACKETS_BY_NAME[spec.name] is spec
+        names = [field.name for field in spec.struct._specs_]
+        assert ("engine" in names) == (spec.engine is None), spec.name
+
+
+@pytest.mark.parametrize("spec", defs.PACKETS.values(), ids=lambda spec: spec.name)
+def test_packet_layout(spec: Any, model: gen.Model) -> None:
+    struct = spec.struct
+    assert ctypes.sizeof(struct) == spec.size == spec.dwords * 4
+    assert spec.size % defs.DRM_EMUDEV_PKT_ALIGN == 0
+    assert struct._fields_[0] == ("header", defs.drm_emudev_pkt_header) and struct.header.offset == 0
+    assert [f.name for f in struct._specs_][1:] == [f.name for f in model.structs[struct.__name__].fields][1:]
+    end = 0
+    for field in struct._specs_:
+        assert field.offset == end, f"{spec.name}.{field.name}: implicit hole"
+        end = field.offset + field.size
+    assert end == spec.size
+
+
+def test_reference_packet_layouts() -> None:
+    assert ctypes.sizeof(defs.drm_emudev_tensor) == 48 and ctypes.alignment(defs.drm_emudev_tensor) == 8
+    assert ctypes.sizeof(defs.drm_emudev_activation) == 16 and defs.drm_emudev_activation.alpha.offset == 4
+    conv = defs.drm_emudev_pkt_conv
+    assert (conv.src.offset, conv.weight.offset, conv.dst.offset, conv.bias_va.offset) == (8, 56, 104, 152)
+    assert (conv.act.offset, conv.requant.offset, ctypes.sizeof(conv)) == (200, 216, 240)
+    assert (defs.drm_emudev_pkt_sdp.requant.offset, defs.drm_emudev_pkt_rubik.perm.offset) == (216, 112)
+    assert {spec.name: spec.size for spec in defs.PACKETS.values()} == {
+        "NOP": 8, "SEM_WAIT": 32, "SEM_SIGNAL": 32, "TIMESTAMP": 24, "CONV": 240, "GEMM": 208,
+        "SDP": 240, "PDP": 144, "CDP": 128, "BDMA": 112, "RUBIK": 128,
+    }  # fmt: skip
+    cdp = {spec.name: spec for spec in defs.drm_emudev_pkt_cdp._specs_}
+    assert cdp["alpha"].type == "f32" and isinstance(defs.drm_emudev_pkt_cdp(alpha=0.5).alpha, float)
+
+
+def _sample(struct: type[ctypes.Structure], seed: int) -> dict[str, Any]:
+    """Valid, mostly non-zero values for every field: enums their last member, flags their mask."""
+    values: dict[str, Any] = {}
+    for number, spec in enumerate(struct._specs_):  # type: ignore[attr-defined]
+        ctype = dict(struct._fields_)[spec.name]  # type: ignore[arg-type]
+        value = seed + number
+        if spec.name.startswith("reserved") or spec.name == "header":
+            continue
+        if issubclass(ctype, ctypes.Structure):
+            values[spec.name] = _sample(ctype, seed + 10 * number)
+        elif spec.enum:
+            values[spec.name] = max(defs.ENUMS[spec.enum].members.values())
+        elif spec.flags:
+            values[spec.name] = defs.FLAGSETS[spec.flags].mask
+        elif issubclass(ctype, ctypes.Array):
+            values[spec.name] = [value + i for i in range(ctype._length_)]
+        elif ctype is ctypes.c_float:
+            values[spec.name] = value + 0.25
+        else:
+            values[spec.name] = -value if ctype(-1).value < 0 else value
+    return values
+
+
+@pytest.mark.parametrize("spec", defs.PACKETS.values(), ids=lambda spec: spec.name)
+def test_encode_decode_round_trip(spec: Any) -> None:
+    fields = _sample(spec.struct, 3)
+    data = isa.encode(spec.name, **fields)
+    assert len(data) == spec.size
+    stream = isa.encode("NOP") + data + isa.encode("NOP", header={"dwords": 6})
+    decoded = isa.decode_stream(memoryview(bytearray(stream)))
+    assert [(d.index, d.offset, d.spec.name, d.length) for d in decoded] == [
+        (0, 0, "NOP", 8),
+        (1, 8, spec.name, spec.size),
+        (2, 8 + spec.size, "NOP", 24),
+    ]
+    packet = decoded[1].packet
+    assert type(packet) is spec.struct and bytes(packet) == data
+    assert (packet.header.opcode, packet.header.dwords, packet.header.flags) == (spec.opcode, spec.dwords, 0)
+    assert isa.check_fields(decoded[1]) is None
+    again = isa.encode(spec.struct, **{name: getattr(packet, name) for name in fields})
+    assert again == data
+    line = isa.describe(decoded[1])
+    assert line.startswith(spec.name) and "\n" not in line and "header" not in line
+    assert isa.describe(decoded[2]) == "NOP dwords=6"
+
+
+def test_encode_takes_structs_dicts_and_sequences() -> None:
+    tensor = defs.drm_emudev_tensor(va=0x1000, dims=(1, 2, 3, 4), strides=(96, 48, 16, 4))
+    by_struct = isa.encode("bdma", op=defs.DRM_EMUDEV_BDMA_COPY, src=tensor, dst=tensor)
+    as_dict = {"va": 0x1000, "dims": [1, 2, 3, 4], "strides": (96, 48, 16, 4)}
+    by_dict = isa.encode(defs.DRM_EMUDEV_OP_BDMA, src=as_dict, dst=as_dict)
+    assert by_struct == by_dict == isa.encode(defs.drm_emudev_pkt_bdma, src=tensor, dst=as_dict)
+    packet = defs.drm_emudev_pkt_bdma.from_buffer_copy(by_dict)
+    assert list(packet.dst.dims) == [1, 2, 3, 4] and packet.dst.strides[0] == 96
+    assert isa.describe(packet).startswith("BDMA op=BDMA_COPY fill_value=0 src={va=0x1000 dims=[1,2,3,4]")
+    assert "requant={0}" in isa.describe(isa.decode_stream(isa.encode("GEMM"))[0])
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "match"),
+    [
+        ({"bogus": 1}, TypeError, "no field 'bogus'"),
+        ({"src": {"bogus": 1}}, TypeError, "no field 'bogus'"),
+        ({"src": 5}, TypeError, "src: expected a drm_emudev_tensor or a dict"),
+        ({"src": {"dims": [1, 2]}}, ValueError, "dims: 2 values for 4 elements"),
+        ({"fill_value": -1}, ValueError, "fill_value: -1 does not fit a u32 field"),
+        ({"src": {"zero_point": 1 << 31}}, ValueError, "zero_point: 2147483648 does not fit a s32 field"),
+    ],
+)
+def test_encode_rejects_what_does_not_fit(fields: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        isa.encode("BDMA", **fields)
+
+
+def test_unknown_packet_name() -> None:
+    with pytest.raises(ValueError, match="no packet 'JUMP'"):
+        isa.encode("JUMP")
+
+
+def _patched(data: bytes, offset: int, **header: int) -> bytes:
+    packet = bytearray(data)
+    fields = defs.drm_emudev_pkt_header.from_buffer(packet, offset)
+    for name, value in header.items():
+        setattr(fields, name, value)
+    return bytes(packet)
+
+
+_WAIT = isa.encode("SEM_WAIT", engine=defs.DRM_EMUDEV_ENGINE_SDP, va=0x1000, value=1)
+_NOP = isa.encode("NOP")
+DECODE_ERRORS = [
+    (
+        "not-a-multiple-of-8",
+        _NOP + _WAIT[:12],
+        1,
+        8,
+        "SEM_WAIT of 32 bytes runs past the end of the 20-byte stream (the stream's 20 bytes are not a multiple of 8)",
+    ),
+    ("truncated-header", _NOP + _NOP[:4], 1, 8, "truncated header: 4 of 8 bytes (the stream's 12 bytes are not"),
+    ("unknown-opcode", _NOP + _patched(_WAIT, 0, opcode=0x77), 1, 8, "unknown opcode 0x77"),
+    ("dwords-zero", _patched(_WAIT, 0, dwords=0), 0, 0, "SEM_WAIT: dwords is 0"),
+    ("dwords-odd", _patched(_WAIT, 0, dwords=7), 0, 0, "SEM_WAIT: dwords 7 is odd"),
+    ("dwords-wrong", _patched(_WAIT, 0, dwords=10) + _NOP, 0, 0, "SEM_WAIT: dwords 10, but the packet is 8"),
+    ("nop-too-short", _WAIT + _patched(_NOP, 0, dwords=0), 1, 32, "NOP: dwords is 0"),
+    ("overrun", _WAIT + _WAIT[:16], 1, 32, "SEM_WAIT of 32 bytes runs past the end of the 48-byte stream"),
+    ("nop-overrun", isa.encode("NOP", header={"dwords": 8})[:16], 0, 0, "NOP of 32 bytes runs past the end"),
+    ("header-flags", _NOP + _NOP + _patched(_WAIT, 0, flags=2), 2, 16, "SEM_WAIT: header flags 0x2 are not zero"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stream", "index", "offset", "reason"),
+    [pytest.param(*case[1:], id=case[0]) for case in DECODE_ERRORS],
+)
+def test_decode_errors_name_the_packet(stream: bytes, index: int, offset: int, reason: str) -> None:
+    with pytest.raises(isa.IsaError) as caught:
+        isa.decode_stream(stream)
+    error = caught.value
+    assert isinstance(error, OSError) and error.errno == errno.EINVAL
+    assert (error.index, error.offset) == (index, offset)
+    assert error.strerror.startswith(f"packet {index} at offset {offset}: {reason}"), error.strerror
+
+
+def test_unaligned_stream_says_so() -> None:
+    with pytest.raises(isa.IsaError, match="not a multiple of 8"):
+        isa.decode_stream(_NOP + _WAIT[:12])
+
+
+def test_decode_accepts_an_empty_stream_and_long_nops() -> None:
+    assert isa.decode_stream(b"") == []
+    padded = isa.encode("NOP", header={"dwords": 4})
+    assert len(padded) == 16 and padded[8:] == bytes(8)
+    decoded = isa.decode_stream(padded + _WAIT)
+    assert [(d.spec.name, d.offset, d.length) for d in decoded] == [("NOP", 0, 16), ("SEM_WAIT", 16, 32)]
+
+
+def _conv(**changes: Any) -> isa.DecodedPacket:
+    tensor = {"va": 0x1000, "dims": [1, 4, 4, 8], "strides": [512, 128, 32, 4]}
+    data = isa.encode("CONV", src=tensor, weight=tensor, dst=tensor, stride=[1, 1], dilation=[1, 1], groups=1)
+    decoded = isa.decode_stream(data)[0]
+    for path, value in changes.items():
+        target: Any = decoded.packet
+        *outer, name = path.split("__")
+        for part in outer:
+            target = getattr(target, part)
+        setattr(target, name, value)
+    return decoded
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, None),
+        ({"reserved": 3}, "reserved = 0x3 is not zero"),
+        ({"src__dtype": 9}, "src.dtype = 9 is not a drm_emudev_dtype"),
+        ({"weight__dtype": defs.DRM_EMUDEV_DTYPE_INT8}, None),
+        ({"act__fn": 42}, "act.fn = 42 is not a drm_emudev_activation_fn"),
+        ({"pad": (ctypes.c_uint32 * 4)(1, 1, 1, 1)}, None),
+    ],
+)
+def test_check_fields(changes: dict[str, Any], reason: str | None) -> None:
+    assert isa.check_fields(_conv(**changes)) == reason
+
+
+def test_check_fields_flags_and_control_packets() -> None:
+    gemm = defs.drm_emudev_pkt_gemm.from_buffer_copy(isa.encode("GEMM", flags=defs.DRM_EMUDEV_GEMM_TRANSPOSE_B))
+    assert isa.check_fields(gemm) is None
+    gemm.flags = 0x6
+    assert isa.check_fields(gemm) == "flags = 0x6 has bits 0x6 outside drm_emudev_gemm_flags"
+    wait = isa.decode_stream(_WAIT)[0]
+    wait.packet.engine = 99
+    assert isa.check_fields(wait) == "engine = 99 is not a drm_emudev_engine"
+    job = defs.drm_emudev_job_status(pad2=1)
+    assert isa.check_fields(job) == "pad2 = 0x1 is not zero"
+
+
+def test_stale_check_covers_the_isa(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    edited = copy.deepcopy(documents)
+    packets = _isa_document(edited)["packets"]
+    next(packet for packet in packets if packet["name"] == "RUBIK")["opcode"] = 0x61
+    assert gen.stale_outputs(gen.render_all(edited)) == [gen.DEFS_PATH, gen.HEADER_PATH, gen.DOCS_PATH]
+
+
+def test_isa_is_in_the_header_and_the_docs(model: gen.Model) -> None:
+    header = gen.render_header(model)
+    assert "#define DRM_EMUDEV_OP_CONV\t\t\t0x10" in header
+    assert "\tstruct drm_emudev_tensor src;" in header and "\tfloat alpha;" in header
+    assert "sizeof(struct drm_emudev_pkt_conv) == 240, drm_emudev_pkt_conv_size" in header
+    assert "offsetof(struct drm_emudev_pkt_sdp, requant) == 216" in header
+    assert "DRM_EMUDEV_STATIC_ASSERT(sizeof(float) == 4, float_is_binary32);" in header
+    docs = gen.render_docs(model)
+    section = docs[docs.index('<a id="family-emudev_isa"></a>') :]
+    assert "| `0x10` | [`CONV`](#packet-CONV) | `DRM_EMUDEV_ENGINE_CONV` | 240 (60 dwords) |" in section
+    assert "| `0x01` | [`SEM_WAIT`](#packet-SEM_WAIT) | its `engine` field | 32 (8 dwords) |" in section
+    src = "| 8 | [`struct drm_emudev_tensor`](#struct-drm_emudev_tensor) | `src` | Input, [N, H, W, C_in]. |"
+    assert src in section
+    assert docs.count('<a id="struct-drm_emudev_tensor"></a>') == 1
+    assert '<a id="struct-drm_emudev_pkt_conv"></a>' not in docs
+    assert section.index("### Packets") < section.index('<a id="packet-RUBIK"></a>') < section.index("### Structs")
+
+
+# A toy ISA, linted on its own: seeded mistakes must each be caught.
+TOY_ISA = """
+family: toy_isa
+origin: driver
+prefix: DRM_TOY
+version: {major: 2, minor: 3}
+doc: A toy ISA.
+constants:
+  - {name: DRM_TOY_PKT_ALIGN, value: 8, doc: Alignment.}
+enums:
+  - name: drm_toy_engine
+    doc: Engines.
+    members:
+      - {name: DRM_TOY_ENGINE_A, value: 0, doc: A.}
+flags:
+  - name: drm_toy_pkt_flags
+    doc: None defined.
+    mask: 0x0
+    members: []
+structs:
+  - name: drm_toy_pkt_header
+    doc: Header.
+    fields:
+      - {name: opcode, type: u16, enum: drm_toy_opcode, doc: Opcode.}
+      - {name: dwords, type: u16, doc: Length.}
+      - {name: flags, type: u32, flags: drm_toy_pkt_flags, doc: Zero.}
+  - name: drm_toy_vec
+    doc: A vector.
+    fields:
+      - {name: va, type: u64, doc: Address.}
+      - {name: scale, type: f32, doc: Scale.}
+      - {name: reserved, type: u32, doc: Zero.}
+packets:
+  - name: NOP
+    opcode: 0
+    engine: DRM_TOY_ENGINE_A
+    variable-length: true
+    doc: Nothing.
+    fields: []
+  - name: SIGNAL
+    opcode: 0x1
+    doc: Signal.
+    fields:
+      - {name: engine, type: u32, enum: drm_toy_engine, doc: Engine.}
+      - {name: value, type: u32, doc: Value.}
+  - name: SCALE
+    opcode: 0x2
+    engine: DRM_TOY_ENGINE_A
+    doc: Scale.
+    fields:
+      - {name: src, type: drm_toy_vec, doc: Source.}
+      - {name: dst, type: "drm_toy_vec[2]", doc: Destinations.}
+"""
+
+
+def _toy_isa() -> dict[str, Any]:
+    return gen.parse_document(TOY_ISA, "toy_isa.yaml")
+
+
+def _lint_toy_isa(mutate: Callable[[dict[str, Any]], None]) -> list[str]:
+    toy = _toy_isa()
+    mutate(toy)
+    return [f"{p.rule}: {p.message}" for p in lint.lint_documents([("toy_isa.yaml", toy)])]
+
+
+def _toy_packet(toy: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(packet for packet in toy["packets"] if packet["name"] == name)
+
+
+def test_toy_isa_is_clean_and_laid_out() -> None:
+    assert _lint_toy_isa(lambda toy: None) == []
+    model = gen.build_model([("toy_isa.yaml", _toy_isa())])
+    assert model.constants["DRM_TOY_ISA_VERSION"].value == 2 << 16 | 3
+    assert model.enums["drm_toy_opcode"].members == ("DRM_TOY_OP_NOP", "DRM_TOY_OP_SIGNAL", "DRM_TOY_OP_SCALE")
+    scale = model.structs["drm_toy_pkt_scale"]
+    assert [(f.name, f.offset, f.size, f.struct) for f in scale.fields] == [
+        ("header", 0, 8, "drm_toy_pkt_header"),
+        ("src", 8, 16, "drm_toy_vec"),
+        ("dst", 24, 32, "drm_toy_vec"),
+    ]
+    assert (scale.size, scale.align, model.packets["SCALE"].opcode) == (56, 8, 2)
+
+
+def _packet_tail(toy: dict[str, Any]) -> None:
+    del _toy_packet(toy, "SIGNAL")["fields"][1]
+
+
+def _packet_hole(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SIGNAL")["fields"][1] = {"name": "va", "type": "u64", "doc": "Address."}
+
+
+def _control_packet_without_engine(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SIGNAL")["fields"][0]["name"] = "target"
+
+
+def _engine_twice(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SIGNAL")["engine"] = "DRM_TOY_ENGINE_A"
+
+
+def _duplicate_opcode(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SCALE")["opcode"] = 1
+
+
+def _unknown_engine(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SCALE")["engine"] = "DRM_TOY_ENGINE_B"
+
+
+def _struct_defined_later(toy: dict[str, Any]) -> None:
+    toy["structs"][0]["fields"].append({"name": "next", "type": "drm_toy_vec", "doc": "Next."})
+
+
+def _ioctl_key_in_isa(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SIGNAL")["fields"][1]["dir"] = "out"
+
+
+def _isa_with_ioctls(toy: dict[str, Any]) -> None:
+    toy["ioctls"] = []
+
+
+def _opcode_without_enum(toy: dict[str, Any]) -> None:
+    del toy["structs"][0]["fields"][0]["enum"]
+
+
+def _packet_undocumented(toy: dict[str, Any]) -> None:
+    del _toy_packet(toy, "SCALE")["doc"]
+
+
+def _no_pkt_align(toy: dict[str, Any]) -> None:
+    toy["constants"] = []
+
+
+ISA_MISTAKES = [
+    (
+        _packet_tail,
+        "explicit-padding: packet SIGNAL: struct drm_toy_pkt_signal is 12 bytes, not a multiple of "
+        "DRM_TOY_PKT_ALIGN (8); pad it explicitly",
+    ),
+    (_packet_hole, "explicit-padding: struct drm_toy_pkt_signal: 4-byte hole before va"),
+    (
+        _control_packet_without_engine,
+        "packet-engine: packet SIGNAL: names no engine, so it needs an engine field (enum drm_toy_engine)",
+    ),
+    (_engine_twice, "packet-engine: packet SIGNAL: runs on DRM_TOY_ENGINE_A yet has an engine field"),
+    (_duplicate_opcode, "unique-opcode: opcode 0x1 used by SIGNAL, SCALE"),
+    (_unknown_engine, "schema: packet SCALE: engine DRM_TOY_ENGINE_B is not a member of enum drm_toy_engine"),
+    (_struct_defined_later, "c-types: struct drm_toy_pkt_header field next: 'drm_toy_vec' is not a uapi type"),
+    (_ioctl_key_in_isa, "schema: struct drm_toy_pkt_signal field value: dir: no meaning in a command stream"),
+    (_isa_with_ioctls, "schema: packets: a document with packets is an ISA, which has no ioctls"),
+    (_opcode_without_enum, "packet-header: struct drm_toy_pkt_header: opcode must name enum drm_toy_opcode"),
+    (_packet_undocumented, "documented: packet SCALE has no doc"),
+    (_no_pkt_align, "schema: packet NOP: the ISA needs the constant DRM_TOY_PKT_ALIGN"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [pytest.param(mutate, expected, id=mutate.__name__.strip("_")) for mutate, expected in ISA_MISTAKES],
+)
+def test_linter_catches_seeded_isa_mistakes(mutate: Callable[[dict[str, Any]], None], expected: str) -> None:
+    problems = _lint_toy_isa(mutate)
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_float_in_a_nested_struct_of_an_ioctl_is_caught(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    def nest(toy: dict[str, Any]) -> None:
+        inner = {"name": "toy_inner", "doc": "Inner.", "fields": [{"name": "x", "type": "f32", "doc": "X."}]}
+        inner["fields"].append({"name": "pad", "type": "u32", "doc": "Zero."})
+        _toy_fields(toy).append({"name": "inner", "type": "toy_inner", "doc": "Inner."})
+        toy["structs"].insert(0, inner)
+
+    problems = _lint_toy(documents, nest)
+    assert "no-float: struct toy_inner: x is f32; only the command-stream ISA carries floating point" in problems
+    assert "no-float: struct toy_arg: inner.x is f32; only the command-stream ISA carries floating point" in problems

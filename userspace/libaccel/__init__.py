@@ -3,7 +3,19 @@
 from userspace.libaccel.bo import DEVICE_READ_ONLY, MAPPABLE, Bo, DmaBuf
 from userspace.libaccel.device import Device, DeviceInfo, Version, find_devices
 from userspace.libaccel.fd import claim_fd
+from userspace.libaccel.job import (
+           READ,
+           WRITE,
+           CommandStream,
+           Context,
+           Job,
+           JobStatus,
+           Tensor,
+           activation,
+           upload_stream,
+)
 from userspace.libaccel.sync import SwSyncTimeline, SyncFile, Syncobj, abs_timeout
 
-__all__ = ["DEVICE_READ_ONLY", "MAPPABLE", "Bo", "Device", "DeviceInfo", "DmaBuf", "SwSyncTimeline", "SyncFile",
-           "Syncobj", "Version", "abs_timeout", "claim_fd", "find_devices"]
+__all__ = ["DEVICE_READ_ONLY", "MAPPABLE", "READ", "WRITE", "Bo", "CommandStream", "Context", "Device", "DeviceInfo",
+           "DmaBuf", "Job", "JobStatus", "SwSyncTimeline", "SyncFile", "Syncobj", "Tensor", "Version", "abs_timeout",
+           "activation", "claim_fd", "find_devices", "upload_stream"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from emudev.uapi import defs
 from userspace.libaccel.bo import Bo
 from userspace.libaccel.ioctl import drm_ioctl
+from userspace.libaccel.job import Context
 from userspace.libaccel.sync import Syncobj
 
 MOUNT_ENV = "EMUDEV_MOUNT"
@@ -127,6 +128,9 @@ class Device:
 
     def create_syncobj(self, signaled: bool = False) -> Syncobj:
         return Syncobj.create(self, signaled)
+
+    def create_context(self, priority: int = defs.DRM_EMUDEV_PRIORITY_NORMAL) -> Context:
+        return Context(self, priority)
 
     def info(self) -> DeviceInfo:
         caps = {name: self.get_cap(getattr(defs, name)) for name in _CAPS}

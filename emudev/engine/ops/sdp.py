@@ -1,0 +1,170 @@
+"""SDP engine: per-channel scale/bias, an element-wise op with a broadcast second operand, activation.
+
+int8 follows TFLite's reference_integer_ops: ADD/SUB (offset inputs shifted left, each rescaled by its own
+multiplier, combined, rescaled to the output), MUL (product of offset inputs rescaled), MAX/MIN on raw
+values (operands share the output's quantisation) and NONE (requantise src). Work is done in blocks of
+about CHUNK_BYTES so the int64 temporaries of the int8 path stay bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import activation as _act
+from ._common import (
+    CHUNK_BYTES,
+    FLOAT_DTYPES,
+    INT8,
+    block_slices,
+    check_tensor,
+    dtype_name,
+    first_error,
+    same_view,
+)
+from .activation import NO_ACTIVATION, Activation
+from .quant import Requant, multiply_by_quantized_multiplier, requantize
+
+SDP_NONE, SDP_ADD, SDP_SUB, SDP_MUL, SDP_MAX, SDP_MIN = range(6)
+SDP_OPS = frozenset(range(6))
+_FLOAT_UFUNCS = {SDP_ADD: np.add, SDP_SUB: np.subtract, SDP_MUL: np.multiply, SDP_MAX: np.maximum,
+                 SDP_MIN: np.minimum}
+
+
+def check_sdp(op: int, src_dims: Sequence[int], src2_dims: Sequence[int] | None, dst_dims: Sequence[int],
+              src_dtype: int, src2_dtype: int | None, dst_dtype: int, act_fn: int, has_requant: bool,
+              has_scale: bool = False, has_bias: bool = False, left_shift: int = 0) -> str | None:
+    """Submit-time rules of SDP; src2_dims/src2_dtype are None for op NONE. None if fine, else the reason."""
+    if op not in SDP_OPS:
+        return f"unknown SDP op {op}"
+    err = first_error(check_tensor("src", src_dims, src_dtype), check_tensor("dst", dst_dims, dst_dtype))
+    if err:
+        return err
+    if tuple(src_dims) != tuple(dst_dims):
+        return f"src dims {tuple(src_dims)} != dst dims {tuple(dst_dims)}"
+    if op == SDP_NONE:
+        if src2_dims is not None:
+            return "op NONE takes no src2"
+    else:
+        if src2_dims is None or src2_dtype is None:
+            return "op needs a src2"
+        err = check_tensor("src2", src2_dims, src2_dtype)
+        if err:
+            return err
+        for d2, d in zip(src2_dims, dst_dims, strict=True):
+            if d2 not in (1, d):
+                return f"src2 dims {tuple(src2_dims)} do not broadcast to {tuple(dst_dims)}"
+    if src_dtype in FLOAT_DTYPES:
+        if dst_dtype not in FLOAT_DTYPES or (op != SDP_NONE and src2_dtype not in FLOAT_DTYPES):
+            return "floating src needs floating src2 and dst"
+        if has_requant:
+            return "requant given for a floating dst"
+        return _act.check_activation(act_fn, True)
+    if src_dtype != INT8:
+        return f"src dtype {dtype_name(src_dtype)} not supported"
+    if dst_dtype != INT8 or (op != SDP_NONE and src2_dtype != INT8):
+        return "int8 src needs int8 src2 and dst"
+    if not has_requant:
+        return "int8 dst needs a requant"
+    if has_scale or has_bias:
+        return "scale/bias are floating point only"
+    if not 0 <= left_shift <= 31:
+        return f"left_shift {left_shift} outside [0, 31]"
+    return _act.check_activation(act_fn, False)
+
+
+def sdp(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, *, op: int = SDP_NONE,
+        scale: np.ndarray | None = None, bias: np.ndarray | None = None, act: Activation = NO_ACTIVATION,
+        src_zero_point: int = 0, src2_zero_point: int = 0, src_multiplier: int = 0, src_shift: int = 0,
+        src2_multiplier: int = 0, src2_shift: int = 0, left_shift: int = 0,
+        requant: Requant | None = None) -> None:
+    """SDP: dst = act(op(src * scale[c] + bias[c], src2)) (float) or TFLite's quantised op (int8), in place.
+
+    src2 may have dims of 1 or 0 strides (broadcast). src or src2 may be the very same view as dst.
+    """
+    if op not in SDP_OPS:
+        raise ValueError(f"unknown SDP op {op}")
+    if src.shape != dst.shape:
+        raise ValueError(f"src shape {src.shape} != dst shape {dst.shape}")
+    if op == SDP_NONE:
+        src2 = None
+    elif src2 is None:
+        raise ValueError("op needs src2")
+    src = _unalias(src, dst)
+    if src2 is not None:
+        src2 = np.broadcast_to(_unalias(src2, dst), dst.shape)
+    if scale is not None:
+        scale = _unalias(np.asarray(scale, np.float32), dst)
+    if bias is not None:
+        bias = _unalias(np.asarray(bias, np.float32), dst)
+    quantized = src.dtype == np.int8
+    if quantized:
+        if requant is None:
+            raise ValueError("int8 SDP needs a requant")
+        if scale is not None or bias is not None:
+            raise ValueError("scale/bias are floating point only")
+        # Per-channel requant vectors broadcast along the last dim, which blocks never split.
+        for idx in block_slices(dst.shape, CHUNK_BYTES // 64):
+            s2 = src2[idx] if src2 is not None else None
+            _sdp_int8(src[idx], s2, dst[idx], op, requant, src_zero_point, src2_zero_point, src_multiplier,
+                      src_shift, src2_multiplier, src2_shift, left_shift)
+        return
+    for idx in block_slices(dst.shape, CHUNK_BYTES // 16):
+        s2 = src2[idx] if src2 is not None else None
+        _sdp_float(src[idx], s2, dst[idx], op, scale, bias, act)
+
+
+def _unalias(a: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """a, or a copy if it overlaps dst other than as the very same view (block-wise writes would clobber it)."""
+    if np.may_share_memory(a, dst) and not same_view(a, dst):
+        return a.copy()
+    return a
+
+
+def _sdp_float(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, op: int, scale: np.ndarray | None,
+               bias: np.ndarray | None, act: Activation) -> None:
+    f32 = np.float32
+    # Work in dst when it is fp32, unless src2 is dst itself and scale/bias would overwrite it before use.
+    clobbers_src2 = src2 is not None and (scale is not None or bias is not None) and np.may_share_memory(src2, dst)
+    t = dst if dst.dtype == f32 and not clobbers_src2 else np.empty(dst.shape, f32)
+    cur = src
+    if scale is not None:
+        np.multiply(cur, scale, out=t, dtype=f32)
+        cur = t
+    if bias is not None:
+        np.add(cur, bias, out=t, dtype=f32)
+        cur = t
+    if src2 is not None:
+        _FLOAT_UFUNCS[op](cur, src2, out=t, dtype=f32)
+    elif cur is not t:
+        np.copyto(t, cur, casting="unsafe")
+    _act.apply(t, act)
+    if t is not dst:
+        dst[...] = t
+
+
+def _sdp_int8(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, op: int, rq: Requant, zp1: int, zp2: int,
+              m1: int, s1: int, m2: int, s2: int, left_shift: int) -> None:
+    i32 = np.int32
+    x1 = np.subtract(src, i32(zp1), dtype=i32)  # input_offset + input, exact in int32
+    if op == SDP_NONE:
+        requantize(x1, rq, out=dst)
+        return
+    assert src2 is not None
+    if op in (SDP_MAX, SDP_MIN):
+        r = (np.maximum if op == SDP_MAX else np.minimum)(src, src2)
+        np.clip(r, max(rq.act_min, -128), min(rq.act_max, 127), out=r)
+        dst[...] = r
+        return
+    x2 = np.subtract(src2, i32(zp2), dtype=i32)
+    if op == SDP_MUL:
+        requantize(x1 * x2, rq, out=dst)  # |product| <= 255 * 255: no int32 overflow
+        return
+    # ADD / SUB: shifted = (x + offset) * 2^left_shift in int32, wrapping like TFLite's int32 arithmetic.
+    sh1 = (x1.astype(np.int64) << left_shift).astype(i32)
+    sh2 = (x2.astype(np.int64) << left_shift).astype(i32)
+    a = multiply_by_quantized_multiplier(sh1, m1, s1)
+    b = multiply_by_quantized_multiplier(sh2, m2, s2)
+    raw = a + b if op == SDP_ADD else a - b  # int32 add/sub, wraps
+    requantize(raw, rq, out=dst)

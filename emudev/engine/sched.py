@@ -1,0 +1,176 @@
+"""The scheduler, after drm_sched: one hardware ring fed from every context's queue.
+
+A context's jobs run in order; the head job of a context is ready once its
+dependencies have signalled. Among ready heads the highest priority wins, and within
+a priority the file that has used the device least (fairness between files). A job
+that runs past the timeout is failed with ETIME and the engines are reset; its
+context is banned, and what it still had queued is cancelled with ECANCELED.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from emudev.engine.context import Context
+from emudev.engine.job import Fault, Job, JobState
+from emudev.engine.program import ENGINE_NAMES
+from emudev.engine.streamer import CommandStreamer, JobRun
+from emudev.sync.fence import now_ns, when_all
+
+log = logging.getLogger("emudev.engine")
+
+FAULT_LOG = 64
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    time_ns: int
+    job: str
+    fault: Fault
+
+
+class Scheduler:
+    def __init__(self, device_name: str, timeout_ms: int) -> None:
+        self.device_name = device_name
+        self.timeout_s = timeout_ms / 1000
+        self.streamer = CommandStreamer(device_name)
+        self.faults: deque[FaultRecord] = deque(maxlen=FAULT_LOG)
+        self.completed = 0
+        self.failed = 0
+        self.running: Job | None = None
+        self._current: JobRun | None = None
+        self._active: list[Context] = []
+        self._usage: dict[int, int] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- queueing -----------------------------------------------------------------------
+
+    def push(self, job: Job) -> None:
+        with self._cond:
+            if self._stopped:
+                job.retire(-errno.ENODEV)
+                return
+            context = job.context
+            context.queue.append(job)
+            if context not in self._active:
+                self._active.append(context)
+                self._usage.setdefault(context.file.id, min(self._usage.values(), default=0))
+            self._ensure_thread()
+        removers = when_all(job.dependencies, self._kick)
+        job.on_retire(lambda: [remove() for remove in removers])
+        self._kick()
+
+    def _kick(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def cancel(self, context: Context, error: int) -> None:
+        """Fail everything `context` has queued (not the running job) with `error`."""
+        with self._cond:
+            jobs = list(context.queue)
+            context.queue.clear()
+            if context in self._active:
+                self._active.remove(context)
+        for job in jobs:
+            job.retire(error)
+
+    def queued(self) -> int:
+        with self._cond:
+            return sum(len(c.queue) for c in self._active)
+
+    # -- the ring -----------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=f"{self.device_name}-sched", daemon=True)
+            self._thread.start()
+
+    def _pick(self) -> Job | None:
+        ready = [c for c in self._active if c.queue and c.queue[0].ready]
+        if not ready:
+            return None
+        best = min(ready, key=lambda c: (-c.priority, self._usage.get(c.file.id, 0), c.queue[0].submit_ns))
+        job = best.queue.popleft()
+        if not best.queue:
+            self._active.remove(best)
+        return job
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (job := self._pick()) is None:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                self.running = job
+            try:
+                self._run(job)
+            finally:
+                with self._cond:
+                    self.running = self._current = None
+
+    def _run(self, job: Job) -> None:
+        error = -errno.ECANCELED if job.context.banned else job.dependency_error()
+        if error:
+            self._finish(job, error)
+            return
+        job.state = JobState.RUNNING
+        job.start_ns = now_ns()
+        done = threading.Event()
+        run = self._current = self.streamer.start(job, lambda _run: done.set())
+        if not done.wait(self.timeout_s):
+            self._time_out(job, run)
+            done.wait()  # the reset: engines drop the job after the packet they are in
+            return
+        if run.fault is not None:
+            job.fault = run.fault
+            self._record_fault(job, run.fault)
+        self._finish(job, run.error)
+
+    def _time_out(self, job: Job, run: JobRun) -> None:
+        log.warning("%s: %s timed out after %.0f ms; resetting the engines, banning its context",
+                    self.device_name, job.describe(), self.timeout_s * 1000)
+        run.abort(-errno.ETIME)
+        self.streamer.wake_semaphore_waiters()
+        job.context.banned = True
+        self._finish(job, -errno.ETIME)
+        self.cancel(job.context, -errno.ECANCELED)
+
+    def _record_fault(self, job: Job, fault: Fault) -> None:
+        self.faults.append(FaultRecord(now_ns(), job.describe(), fault))
+        log.warning("%s: %s faulted: engine %s, packet %d, va %#x: %s", self.device_name, job.describe(),
+                    ENGINE_NAMES[fault.engine], fault.packet, fault.va, fault.reason)
+
+    def _finish(self, job: Job, error: int) -> None:
+        if job.start_ns:
+            with self._cond:
+                self._usage[job.context.file.id] = self._usage.get(job.context.file.id, 0) + now_ns() - job.start_ns
+        if error:
+            self.failed += 1
+        else:
+            self.completed += 1
+        job.retire(error)
+
+    # -- the device going away ---------------------------------------------------------
+
+    def unplug(self) -> None:
+        """Every pending fence signals ENODEV; the running job is stopped."""
+        with self._cond:
+            self._stopped = True
+            contexts = list(self._active)
+            running = self.running
+            self._cond.notify_all()
+        for context in contexts:
+            self.cancel(context, -errno.ENODEV)
+        if running is not None:
+            running.retire(-errno.ENODEV)
+        run = self._current
+        if run is not None:
+            run.abort(-errno.ENODEV)
+            self.streamer.wake_semaphore_waiters()
