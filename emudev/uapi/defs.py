@@ -3594,15 +3594,12 @@ IOCTLS: tuple[IoctlSpec, ...] = (
         permissions=frozenset(),
         errors=(
             ("EINVAL", (
-                "flags unknown; cmd_offset or cmd_size misaligned, 0 or too large; a stride below its "
-                "struct; a BO flag or sync flag unknown; an in_sync point never submitted; a malformed "
-                "stream"
+                "flags unknown; cmd_offset or cmd_size misaligned, 0 or too large; the stream runs past "
+                "its BO; a stride below its struct; a BO flag or sync flag unknown; an in_sync point never "
+                "submitted; a malformed stream"
             )),
             ("ENOENT", "ctx_id, cmd_handle, a listed BO or a syncobj handle is unknown"),
-            ("EFAULT", (
-                "an array cannot be read; the stream lies outside its BO; a packet addresses memory "
-                "outside one mapped BO"
-            )),
+            ("EFAULT", "an array cannot be read; a packet addresses memory outside one mapped BO"),
             ("ECANCELED", "the context is banned after a job timed out"),
             ("ENODEV", "the device was unplugged"),
         ),

@@ -1,0 +1,115 @@
+"""The scheduler in-process: priorities, fairness between files, per-context order,
+dependency errors, cancellation and unplug."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from emudev.driver.drv import create_devices
+from emudev.drm.device import DeviceConfig
+from emudev.drm.file import ClientIdentity
+from emudev.engine.context import Context
+from emudev.engine.job import Job
+from emudev.engine.program import Program
+from emudev.sync.fence import DmaFence, new_context
+from emudev.uapi import defs
+
+ME = ClientIdentity(pid=os.getpid(), tgid=os.getpid(), uid=0, comm="pytest", cap_sys_admin=True)
+EMPTY = Program(())
+
+
+@pytest.fixture
+def device():
+    dev = create_devices(1, DeviceConfig(memory_size=1 << 20))[0]
+    yield dev
+    dev.unplug()
+
+
+def gate() -> DmaFence:
+    return DmaFence(new_context(), 1)
+
+
+def job(context: Context, *dependencies: DmaFence) -> Job:
+    return Job(context, context.next_seqno(), EMPTY, context.timeline.fence(), list(dependencies), [])
+
+
+def push_all(device, jobs: list[Job]) -> list[Job]:
+    for j in jobs:
+        device.sched.push(j)
+    return jobs
+
+
+def wait_all(jobs: list[Job]) -> None:
+    deadline = time.monotonic() + 5
+    while not all(j.fence.signaled for j in jobs):
+        assert time.monotonic() < deadline, "jobs never finished"
+        time.sleep(0.001)
+
+
+def started_order(jobs: list[Job]) -> list[Job]:
+    return sorted(jobs, key=lambda j: j.start_ns)
+
+
+def test_higher_priority_runs_first_once_ready(device):
+    file = device.open_file(ME)
+    low = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_LOW)
+    high = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_HIGH)
+    g = gate()
+    jobs = push_all(device, [job(low, g), job(low, g), job(high, g), job(high, g)])
+    g.signal()
+    wait_all(jobs)
+    assert [j.context for j in started_order(jobs)] == [high, high, low, low]
+
+
+def test_files_share_the_ring_fairly(device):
+    """A file with a long queue does not starve one with a short queue."""
+    greedy_file, modest_file = device.open_file(ME), device.open_file(ME)
+    greedy = greedy_file.contexts.create(greedy_file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    modest = modest_file.contexts.create(modest_file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    g = gate()
+    jobs = push_all(device, [job(greedy, g) for _ in range(6)] + [job(modest, g) for _ in range(2)])
+    g.signal()
+    wait_all(jobs)
+    order = [j.context for j in started_order(jobs)]
+    assert modest in order[:2] and order[:4].count(modest) == 2
+
+
+def test_a_context_runs_its_jobs_in_order_even_when_later_ones_are_ready(device):
+    file = device.open_file(ME)
+    ctx = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    g = gate()
+    first, second = push_all(device, [job(ctx, g), job(ctx)])
+    assert not second.fence.signaled
+    g.signal()
+    wait_all([first, second])
+    assert first.start_ns <= second.start_ns
+
+
+def test_a_failed_dependency_is_carried_on_and_the_job_never_runs(device):
+    file = device.open_file(ME)
+    ctx = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    g = gate()
+    (j,) = push_all(device, [job(ctx, g)])
+    g.signal(-errno.EIO)
+    wait_all([j])
+    assert j.fence.status == -errno.EIO and j.start_ns == 0
+
+
+def test_cancel_and_unplug_signal_what_is_queued(device):
+    file = device.open_file(ME)
+    ctx = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    other = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    g = gate()
+    cancelled = push_all(device, [job(ctx, g), job(ctx, g)])
+    unplugged = push_all(device, [job(other, g)])
+    device.sched.cancel(ctx, -errno.ESRCH)
+    assert all(j.fence.status == -errno.ESRCH for j in cancelled)
+    device.unplug()
+    assert unplugged[0].fence.status == -errno.ENODEV
+    late = job(other)
+    device.sched.push(late)
+    assert late.fence.status == -errno.ENODEV
