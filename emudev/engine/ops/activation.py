@@ -69,7 +69,8 @@ def _apply_inplace(x: np.ndarray, act: Activation) -> None:
         np.maximum(x, x.dtype.type(act.clip_min), out=x)
         np.minimum(x, x.dtype.type(act.clip_max), out=x)
     elif fn == ACT_LEAKY_RELU:
-        np.multiply(x, x.dtype.type(act.alpha), out=x, where=x < 0)
+        # exactly alpha * x where x < 0 (np.where beats a masked multiply several times over)
+        x[...] = np.where(x < 0, x * x.dtype.type(act.alpha), x)
     elif fn == ACT_SIGMOID:
         # 1 / (1 + exp(-x)) without temporaries; exp overflow gives inf and then exactly 0.
         with np.errstate(over="ignore"):

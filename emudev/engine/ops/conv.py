@@ -2,10 +2,12 @@
 
 Convolution is im2col + BLAS: windows are strided views (as_strided) of a padded copy of the input, one
 matmul per group over blocks of output pixels, so temporaries stay around CHUNK_BYTES. Depthwise
-(C_in / groups == 1) sweeps the KH*KW taps with vectorised multiply-adds instead. int8 accumulates
-exactly: the products (x - zp_x)(w - zp_w) are integers below 2^16 in magnitude and BLAS runs in fp32
-only when K * max|x - zp_x| * max|w - zp_w| < 2^24 (else fp64, exact below 2^53), so every partial sum
-is an exactly representable integer whatever the summation order.
+(C_in / groups == 1) sweeps the KH*KW taps with vectorised multiply-adds instead.
+
+int8 is exact and still runs on fp32 BLAS: the offset operands (x - zp_x), (w - zp_w) are small integers,
+and K is cut into blocks short enough that every partial sum of a block stays below 2^24 in magnitude (so
+fp32 represents it exactly, whatever order BLAS adds in); the blocks' exact results are summed in fp64
+(exact below 2^53) and then taken as int32, wrapping as TFLite's int32 accumulator would.
 """
 
 from __future__ import annotations
@@ -202,13 +204,26 @@ def _store_offset(out: np.ndarray, src: np.ndarray, offset: int) -> None:
         np.copyto(out, src, casting="unsafe")
 
 
-def _int8_matmul_dtype(x: np.ndarray, x_zp: int, w: np.ndarray, w_zp: int, k: int) -> type[np.generic]:
-    """fp32 when every partial sum of the int8 dot products is an integer below 2^24, else fp64 (below 2^53)."""
+def _exact_k_block(x: np.ndarray, x_zp: int, w: np.ndarray, w_zp: int) -> int:
+    """Longest K run whose int8 dot products have every partial sum below 2^24, i.e. exact in fp32."""
     if x.size == 0 or w.size == 0:
-        return np.float32
-    mx = max(abs(int(x.max()) - x_zp), abs(int(x.min()) - x_zp))
-    mw = max(abs(int(w.max()) - w_zp), abs(int(w.min()) - w_zp))
-    return np.float32 if k * mx * mw < (1 << 24) else np.float64
+        return 1 << 62
+    mx = max(abs(int(x.max()) - x_zp), abs(int(x.min()) - x_zp), 1)
+    mw = max(abs(int(w.max()) - w_zp), abs(int(w.min()) - w_zp), 1)
+    return max(1, ((1 << 24) - 1) // (mx * mw))
+
+
+def _matmul(lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, k_block: int) -> None:
+    """out = lhs @ rhs (fp32 operands); with K above k_block, in exact fp32 blocks summed into an fp64 out."""
+    k = lhs.shape[-1]
+    if k <= k_block:
+        np.matmul(lhs, rhs, out=out)
+        return
+    out[...] = 0
+    part = np.empty(out.shape, np.float32)
+    for k0 in range(0, k, k_block):
+        np.matmul(lhs[..., k0:k0 + k_block], rhs[..., k0:k0 + k_block, :], out=part)
+        out += part
 
 
 def _epilogue(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, act: Activation,
@@ -217,14 +232,14 @@ def _epilogue(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, act: Ac
     if quantized:
         acc_i = acc.astype(np.int64)
         if bias is not None:
-            acc_i += bias.astype(np.int64)
-        acc32 = acc_i.astype(np.int32)  # int32 accumulation semantics: wraps like the hardware register
+            acc_i += bias
+        # int32 accumulation semantics: the sum wraps like the int32 register it is in TFLite
         if dst.dtype == np.int32:
-            dst[...] = acc32
+            dst[...] = acc_i.astype(np.int32)
+        elif requant is None:
+            raise ValueError("int8 dst needs a requant")
         else:
-            if requant is None:
-                raise ValueError("int8 dst needs a requant")
-            requantize(acc32, requant, out=dst)
+            requantize(acc_i, requant, out=dst)
         return
     if bias is not None:
         np.add(acc, bias, out=acc, dtype=acc.dtype)
@@ -261,31 +276,27 @@ def conv2d(src: np.ndarray, weight: np.ndarray, dst: np.ndarray, *, bias: np.nda
     depthwise = groups > 1 and cig == 1
     x_zp = src_zero_point if quantized else 0
     w_zp = weight_zero_point if quantized else 0
-    if depthwise:
-        cdt: type[np.generic] = np.int32 if quantized else np.float32
-    elif quantized:
-        cdt = _int8_matmul_dtype(src, x_zp, weight, w_zp, kh * kw * cig)
-    else:
-        cdt = np.float32
+    cdt: type[np.generic] = np.int32 if depthwise and quantized else np.float32
     wq = np.empty(weight.shape, cdt)
     _store_offset(wq, weight, w_zp)
     win = _Windows(src, dst, (kh, kw), stride, dilation, pad, (oh, ow), cdt, x_zp)
     if depthwise:
         _depthwise(win, wq, dst, groups, bias, act, requant, quantized, cdt)
     else:
-        _im2col(win, wq, dst, groups, bias, act, requant, quantized, cdt)
+        k_block = _exact_k_block(src, x_zp, weight, w_zp) if quantized else 1 << 62
+        _im2col(win, wq, dst, groups, bias, act, requant, quantized, k_block)
 
 
 def _im2col(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: np.ndarray | None,
-            act: Activation, requant: Requant | None, quantized: bool, cdt: type[np.generic]) -> None:
+            act: Activation, requant: Requant | None, quantized: bool, k_block: int) -> None:
     n, oh, ow, cout = dst.shape
     _, kh, kw, cig = wq.shape
     k, cog = kh * kw * cig, cout // groups
     # [groups, K, cog]: each group's weights as the right-hand matrix, K ordered (kh, kw, ci) like the windows.
     wmat = np.ascontiguousarray(wq.reshape(groups, cog, k).transpose(0, 2, 1))
-    itemsize = np.dtype(cdt).itemsize
-    direct = not quantized and dst.dtype == np.float32
-    pixels = CHUNK_BYTES // (itemsize * (k + cout))
+    acc_dtype = np.float64 if k > k_block else np.float32
+    direct = acc_dtype == np.float32 and dst.dtype == np.float32 and not quantized
+    pixels = CHUNK_BYTES // (4 * k + 8 * cout)
     for n0, n1, r0, r1, c0, c1 in pixel_chunks(n, oh, ow, pixels):
         cols = win.windows(n0, n1, r0, r1, c0, c1)
         box = dst[n0:n1, r0:r1, c0:c1]
@@ -294,11 +305,11 @@ def _im2col(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: n
         if out2d is not None and blasable(out2d):
             acc, acc2d = box, out2d
         else:
-            acc = np.empty(box.shape, cdt)
+            acc = np.empty(box.shape, acc_dtype)
             acc2d = acc.reshape(m, cout)
         for g in range(groups):
             lhs = cols[..., g * cig:(g + 1) * cig].reshape(m, k)
-            np.matmul(blas_operand(lhs), wmat[g], out=acc2d[:, g * cog:(g + 1) * cog])
+            _matmul(blas_operand(lhs), wmat[g], acc2d[:, g * cog:(g + 1) * cog], k_block)
         _epilogue(acc, box, bias, act, requant, quantized)
 
 
@@ -339,30 +350,28 @@ def gemm(a: np.ndarray, b: np.ndarray, dst: np.ndarray, *, bias: np.ndarray | No
         raise ValueError("a and b must both be int8 or both floating")
     a_zp = a_zero_point if quantized else 0
     b_zp = b_zero_point if quantized else 0
-    cdt = _int8_matmul_dtype(a, a_zp, bm, b_zp, k) if quantized else np.float32
+    k_block = _exact_k_block(a, a_zp, bm, b_zp) if quantized else 1 << 62
+    acc_dtype = np.float64 if k > k_block else np.float32
     bias = detach(bias, dst)
     if bias is not None and bias.shape[-1] != n:
         raise ValueError("bias needs N entries")
-    if bm.dtype == cdt and not b_zp and not np.may_share_memory(bm, dst):
+    f32 = np.float32
+    if bm.dtype == f32 and not b_zp and not np.may_share_memory(bm, dst):
         bq = blas_operand(bm)
     else:
-        bq = np.empty(bm.shape, cdt)
+        bq = np.empty(bm.shape, f32)
         _store_offset(bq, bm, b_zp)
-    a_ready = a.dtype == cdt and not a_zp and not np.may_share_memory(a, dst)
-    direct = not quantized and dst.dtype == np.float32 and blasable(dst)
-    itemsize = np.dtype(cdt).itemsize
-    rows = max(1, CHUNK_BYTES // (itemsize * b0 * b1 * (k + n)))
+    a_ready = a.dtype == f32 and not a_zp and not np.may_share_memory(a, dst)
+    direct = not quantized and dst.dtype == f32 and blasable(dst)
+    rows = max(1, CHUNK_BYTES // (8 * b0 * b1 * (k + n)))
     for m0 in range(0, m, rows):
         rs = slice(m0, min(m, m0 + rows))
         if a_ready:
             lhs = blas_operand(a[:, :, rs])
         else:
-            lhs = np.empty((b0, b1, rs.stop - rs.start, k), cdt)
+            lhs = np.empty((b0, b1, rs.stop - rs.start, k), f32)
             _store_offset(lhs, a[:, :, rs], a_zp)
         box = dst[:, :, rs]
-        if direct:
-            np.matmul(lhs, bq, out=box)
-            acc = box
-        else:
-            acc = np.matmul(lhs, bq)
+        acc = box if direct else np.empty(box.shape, acc_dtype)
+        _matmul(lhs, bq, acc, k_block)
         _epilogue(acc, box, bias, act, requant, quantized)

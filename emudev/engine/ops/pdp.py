@@ -119,7 +119,8 @@ def pool2d(src: np.ndarray, dst: np.ndarray, *, op: int, kernel: tuple[int, int]
     if is_max:
         wdt = src.dtype
     else:
-        wdt = np.dtype(np.int64) if quantized else np.dtype(np.float32)
+        # int8 sums are integers far below 2^53: exact in fp64, where the rounding below is cheap
+        wdt = np.dtype(np.float64) if quantized else np.dtype(np.float32)
     # Pool first along the axis that shrinks the intermediate most; the intermediate is a fresh array,
     # so the second pass may write dst directly even if dst overlaps src.
     if oh * w <= h * ow:
@@ -146,8 +147,14 @@ def pool2d(src: np.ndarray, dst: np.ndarray, *, op: int, kernel: tuple[int, int]
     if quantized:
         if count_pad and zero_point:
             acc += (kh * kw - real) * zero_point
-        half = count // 2
-        q = np.where(acc > 0, (acc + half) // count, -((half - acc) // count))
+        # TFLite: acc > 0 ? (acc + count/2) / count : (acc - count/2) / count, C division (toward zero),
+        # i.e. sign(acc) * floor((|acc| + count/2) / count). The fp64 quotient of integers below 2^53 never
+        # rounds across an integer, so floor() of it is the exact integer quotient.
+        q = np.abs(acc)
+        q += count // 2
+        q /= count
+        np.floor(q, out=q)
+        np.copysign(q, acc, out=q)  # (a masked negate is far slower)
         np.clip(q, -128, 127, out=q)
         dst[...] = q
         return

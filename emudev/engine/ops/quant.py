@@ -14,7 +14,6 @@ import numpy as np
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
-_LOW31 = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -45,45 +44,63 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray | int
     TFLite takes shifts in [-31, 31]; others (an unchecked per-channel table) are clipped to [-62, 31] so they
     give defined results rather than undefined shifts.
     """
-    x64 = np.asarray(x).astype(np.int32, copy=False).astype(np.int64)
+    v = np.asarray(x).astype(np.int32, copy=False).astype(np.int64)
+    return mbqm_inplace(v, multiplier, shift).astype(np.int32)
+
+
+def mbqm_inplace(v: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier on an int64 array of int32 values that the caller owns (overwritten).
+
+    Uses closed forms of the gemmlowp steps, equal to them for every int32 input: with the nudge and the
+    truncating division, SaturatingRoundingDoublingHighMul(a, b) is (a*b + 2^30) >> 31 (save a = b = INT32_MIN),
+    and RoundingDivideByPOT(x, e) is (x + 2^(e-1) - (x < 0)) >> e for e >= 1.
+    """
     m = np.asarray(multiplier, dtype=np.int64)
     s = np.clip(np.asarray(shift, dtype=np.int64), -62, 31)
+    shape = np.broadcast_shapes(v.shape, m.shape, s.shape)
+    if shape != v.shape:
+        v = np.broadcast_to(v, shape).copy()
     if s.ndim == 0:
-        left = max(int(s), 0)
-        right: np.ndarray | int = max(-int(s), 0)
-        if left:
-            x64 = (x64 << left).astype(np.int32).astype(np.int64)
+        left, right = max(int(s), 0), max(-int(s), 0)
+        any_left, any_right = left > 0, right > 0
     else:
-        left_arr = np.maximum(s, 0)
-        right = np.maximum(-s, 0)
-        if left_arr.any():
-            x64 = (x64 << left_arr).astype(np.int32).astype(np.int64)
-    hi = saturating_rounding_doubling_high_mul(x64, m)
-    return rounding_divide_by_pot(hi, right).astype(np.int32)
+        left, right = np.maximum(s, 0), np.maximum(-s, 0)
+        any_left, any_right = bool(left.any()), bool(right.any())
+    if any_left:
+        v <<= left
+        v = v.astype(np.int32).astype(np.int64)  # x * (1 << left) is an int32 product in TFLite: wraps
+    saturate = (v == INT32_MIN) & (m == INT32_MIN) if np.any(m == INT32_MIN) else None
+    v *= m
+    v += 1 << 30
+    v >>= 31
+    if saturate is not None:
+        v[saturate] = INT32_MAX
+    if any_right:
+        neg = v < 0
+        if np.ndim(right) == 0:
+            v += 1 << (right - 1)
+            v -= neg
+        else:
+            v += (np.int64(1) << right) >> 1
+            v -= neg & (right > 0)
+        v >>= right
+    return v
 
 
 def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64; returns int64."""
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64 (the literal form); int64."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     ab = a * b
-    neg = ab < 0
-    # nudge = 2^30 for ab >= 0, 1 - 2^30 otherwise; then divide by 2^31 truncating toward zero.
-    ab += 1 << 30
-    ab -= neg * np.int64((1 << 31) - 1)
-    ab += (ab >> 63) & _LOW31
-    ab >>= 31
-    overflow = (a == INT32_MIN) & (b == INT32_MIN)
-    if overflow.any():
-        ab = np.where(overflow, INT32_MAX, ab)
-    return ab
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    q = ab + nudge
+    hi = np.where(q >= 0, q >> 31, -((-q) >> 31))  # C++ division truncates toward zero
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, hi)
 
 
 def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
-    """gemmlowp RoundingDivideByPOT: arithmetic shift right rounding to nearest, ties away from zero."""
+    """gemmlowp RoundingDivideByPOT (the literal form): shift right rounding to nearest, ties away from zero."""
     x = np.asarray(x, dtype=np.int64)
-    if np.ndim(exponent) == 0 and int(exponent) == 0:
-        return x
     e = np.asarray(exponent, dtype=np.int64)
     mask = (np.int64(1) << e) - 1
     remainder = x & mask
@@ -93,9 +110,17 @@ def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndar
 
 def requantize(acc: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> np.ndarray:
     """TFLite's output stage: clamp(MBQM(acc) + zero_point, act_min, act_max) as int8, into out if given."""
-    v = multiply_by_quantized_multiplier(acc, rq.multiplier, rq.shift)
+    v = np.asarray(acc).astype(np.int32, copy=False).astype(np.int64)
+    return requantize_owned(v, rq, out)
+
+
+def requantize_owned(v: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> np.ndarray:
+    """requantize() of an int64 array of int32 values that the caller owns (overwritten)."""
+    v = mbqm_inplace(v, rq.multiplier, rq.shift)
     if rq.zero_point:
-        v += np.int32(rq.zero_point)  # int32 add, wraps like TFLite's
+        v += rq.zero_point
+        if np.any(v > INT32_MAX) or np.any(v < INT32_MIN):
+            v = v.astype(np.int32).astype(np.int64)  # int32 add in TFLite: wraps
     np.clip(v, max(rq.act_min, -128), min(rq.act_max, 127), out=v)
     if out is None:
         return v.astype(np.int8)

@@ -24,7 +24,7 @@ from ._common import (
     same_view,
 )
 from .activation import NO_ACTIVATION, Activation
-from .quant import Requant, multiply_by_quantized_multiplier, requantize
+from .quant import INT32_MAX, Requant, mbqm_inplace, requantize_owned
 
 SDP_NONE, SDP_ADD, SDP_SUB, SDP_MUL, SDP_MAX, SDP_MIN = range(6)
 SDP_OPS = frozenset(range(6))
@@ -144,27 +144,47 @@ def _sdp_float(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, op: in
         dst[...] = t
 
 
+def _offset(x: np.ndarray, zp: int) -> tuple[np.ndarray, int]:
+    """(x - zp as a fresh int64 array, a bound on its magnitude)."""
+    v = x.astype(np.int64)
+    if zp:
+        v -= zp
+    return v, 128 + abs(zp)
+
+
+def _as_int32(v: np.ndarray, bound: int) -> np.ndarray:
+    """v wrapped to int32 values (as TFLite's int32 arithmetic) unless |v| <= bound is known to fit already."""
+    if bound > INT32_MAX:
+        return v.astype(np.int32).astype(np.int64)
+    return v
+
+
 def _sdp_int8(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, op: int, rq: Requant, zp1: int, zp2: int,
               m1: int, s1: int, m2: int, s2: int, left_shift: int) -> None:
-    i32 = np.int32
-    x1 = np.subtract(src, i32(zp1), dtype=i32)  # input_offset + input, exact in int32
-    if op == SDP_NONE:
-        requantize(x1, rq, out=dst)
-        return
-    assert src2 is not None
     if op in (SDP_MAX, SDP_MIN):
         r = (np.maximum if op == SDP_MAX else np.minimum)(src, src2)
         np.clip(r, max(rq.act_min, -128), min(rq.act_max, 127), out=r)
         dst[...] = r
         return
-    x2 = np.subtract(src2, i32(zp2), dtype=i32)
-    if op == SDP_MUL:
-        requantize(x1 * x2, rq, out=dst)  # |product| <= 255 * 255: no int32 overflow
+    x1, b1 = _offset(src, zp1)  # input_offset + input
+    if op == SDP_NONE:
+        requantize_owned(_as_int32(x1, b1), rq, out=dst)
         return
-    # ADD / SUB: shifted = (x + offset) * 2^left_shift in int32, wrapping like TFLite's int32 arithmetic.
-    sh1 = (x1.astype(np.int64) << left_shift).astype(i32)
-    sh2 = (x2.astype(np.int64) << left_shift).astype(i32)
-    a = multiply_by_quantized_multiplier(sh1, m1, s1)
-    b = multiply_by_quantized_multiplier(sh2, m2, s2)
-    raw = a + b if op == SDP_ADD else a - b  # int32 add/sub, wraps
-    requantize(raw, rq, out=dst)
+    assert src2 is not None
+    x2, b2 = _offset(src2, zp2)
+    if op == SDP_MUL:
+        x1 *= x2
+        requantize_owned(_as_int32(x1, b1 * b2), rq, out=dst)
+        return
+    # ADD / SUB: (x + offset) * 2^left_shift in int32, each rescaled (shift <= 0 in TFLite), then combined.
+    x1 <<= left_shift
+    x2 <<= left_shift
+    x1 = mbqm_inplace(_as_int32(x1, b1 << left_shift), m1, s1)
+    x2 = mbqm_inplace(_as_int32(x2, b2 << left_shift), m2, s2)
+    if op == SDP_ADD:
+        x1 += x2
+    else:
+        x1 -= x2
+    # With non-positive shifts each rescaled term is at most its input in magnitude, so the sum is bounded too.
+    bound = (b1 + b2) << left_shift if s1 <= 0 and s2 <= 0 else INT32_MAX + 1
+    requantize_owned(_as_int32(x1, bound), rq, out=dst)
