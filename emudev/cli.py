@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="device memory per device (default 1G)")
     m.add_argument("--job-timeout", type=_positive_int, default=DEFAULT_JOB_TIMEOUT_MS, metavar="MS",
                    help=f"milliseconds a job may run before the engines are reset (default {DEFAULT_JOB_TIMEOUT_MS})")
+    m.add_argument("--check", action="store_true",
+                   help="run the fence-order, deadlock and race checkers; findings in MOUNT/debug/checks")
     m.add_argument("--workers", type=int, default=2, help="FUSE request threads (default 2)")
     m.add_argument("--foreground", action="store_true", help="do not daemonise; log to stderr")
     m.add_argument("--log", help="daemon log file (default /tmp/emudev-<pid>.log when daemonised)")
@@ -103,7 +105,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     log_path = args.log or ("" if args.foreground else f"/tmp/emudev-{os.getpid()}.log")
     device = DeviceConfig(memory_size=args.memory, job_timeout_ms=args.job_timeout)
     config = DaemonConfig(mountpoint=mountpoint, devices=args.devices, workers=args.workers, device=device,
-                          log_path=log_path, passthrough=args.passthrough)
+                          log_path=log_path, passthrough=args.passthrough, check=args.check)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
         _setup_logging(level, log_path)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emudev import fuse
+from emudev import check, fuse
 from emudev.driver.drv import create_devices, create_dispatcher
 from emudev.drm.cpu_view import Invalidate
 from emudev.drm.device import DeviceConfig, DrmDevice
@@ -51,6 +51,7 @@ class DaemonConfig:
     workers: int = 2
     log_path: str = ""
     passthrough: bool = True
+    check: bool = False
 
 
 class MountTree:
@@ -67,6 +68,9 @@ class MountTree:
         self.services: MountServices | None = None
         debug_dir = self.inodes.mkdir(self.inodes.root, "debug")
         self.inodes.add(debug_dir, text_file("daemon", lambda: daemon_text(info, devices)))
+        if check.active is not None:
+            checker = check.active
+            self.inodes.add(debug_dir, text_file("checks", checker.text))
         self.accel = [AccelNodes(d, dispatcher, self.inodes, accel_dir, invalidate) for d in devices]
         for device in devices:
             device_debug = self.inodes.mkdir(debug_dir, device.name)
@@ -99,6 +103,8 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.mountpoint = os.path.realpath(config.mountpoint)
+        if config.check:
+            check.enable()
         self.devices = create_devices(config.devices, config.device)
         info = DaemonInfo(self.mountpoint, time.monotonic(), config.log_path, config.workers)
         self.session: fuse.Session | None = None

@@ -52,6 +52,15 @@ class MountedEmudev:
         assert self.proc is not None
         return self.proc.pid
 
+    def violations(self) -> str:
+        """What the checkers found (debug/checks before its notes; the log once the mount is
+        gone); empty when all is well."""
+        try:
+            head, _, _ = self.debug("checks").partition("notes:")
+        except OSError:
+            return "\n".join(line for line in self.log_text().splitlines() if " emudev.check WARNING " in line)
+        return "" if head.startswith("violations: 0") else head
+
     def log_text(self) -> str:
         try:
             with open(self.log_path) as f:
@@ -60,7 +69,7 @@ class MountedEmudev:
             return ""
 
     def start(self) -> MountedEmudev:
-        cmd = [sys.executable, "-m", "emudev", "mount", self.mountpoint, "--foreground",
+        cmd = [sys.executable, "-m", "emudev", "mount", self.mountpoint, "--foreground", "--check",
                "--devices", str(self.devices), "--log", self.log_path, *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -106,6 +115,8 @@ def emudev_mount(request: pytest.FixtureRequest) -> Iterator[MountedEmudev]:
     kwargs = marker.kwargs if marker else {}
     with MountedEmudev(devices=kwargs.get("devices", 1), extra_args=tuple(kwargs.get("args", ()))) as m:
         yield m
+        if not kwargs.get("violations_expected"):
+            assert not m.violations(), f"the checkers found violations:\n{m.violations()}"
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +124,9 @@ def emudev_shared_mount() -> Iterator[MountedEmudev]:
     """One daemon with two devices shared by every test of the session that asks for it."""
     with MountedEmudev(devices=2) as m:
         yield m
+        assert not m.violations(), f"the checkers found violations in the shared daemon:\n{m.violations()}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "emudev(devices=1, args=()): configure the emudev_mount daemon")
+    config.addinivalue_line("markers", "emudev(devices=1, args=(), violations_expected=False): "
+                                       "configure the emudev_mount daemon")

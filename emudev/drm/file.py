@@ -49,6 +49,11 @@ def _proc_status(pid: int) -> dict[str, str]:
         return {}
 
 
+def process_threads(tgid: int) -> int:
+    """How many threads the process has (0 if it is gone)."""
+    return int(_proc_status(tgid).get("Threads", "0"))
+
+
 def thread_group(pid: int) -> int:
     """The process (tgid) a FUSE request's pid, which may be a thread, belongs to."""
     return int(_proc_status(pid).get("Tgid", pid))

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from emudev import check
 from emudev.drm.completion import Completion
 from emudev.drm.file import DrmFile
 from emudev.drm.usermem import UserMemory
@@ -141,10 +142,18 @@ class DrmDispatcher:
         try:
             return entry.handler(file, args, user)
         except OSError as e:
+            if check.active is not None:
+                check.active.ioctl_failed(file, entry.spec.name, e.errno or errno.EINVAL, e.strerror or "",
+                                          _handles(args))
             return -(e.errno or errno.EINVAL)
         except Exception:
             log.exception("%s failed", entry.spec.name)
             return -errno.EINVAL
+
+
+def _handles(args: UapiStruct) -> list[int]:
+    """The GEM handles an argument names, for the use-after-close check."""
+    return [getattr(args, spec.name) for spec in args._specs_ if spec.name in ("handle", "cmd_handle")]
 
 
 def _denied(entry: IoctlEntry, file: DrmFile) -> bool:

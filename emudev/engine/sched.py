@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from emudev import check
 from emudev.engine.context import Context
 from emudev.engine.job import Fault, Job, JobState
 from emudev.engine.program import ENGINE_NAMES
@@ -37,7 +38,7 @@ class Scheduler:
     def __init__(self, device_name: str, timeout_ms: int) -> None:
         self.device_name = device_name
         self.timeout_s = timeout_ms / 1000
-        self.streamer = CommandStreamer(device_name)
+        self.streamer = CommandStreamer(device_name, timeout_ms * 1_000_000 // 2)
         self.faults: deque[FaultRecord] = deque(maxlen=FAULT_LOG)
         self.completed = 0
         self.failed = 0
@@ -120,8 +121,12 @@ class Scheduler:
         if error:
             self._finish(job, error)
             return
+        if check.active is not None:
+            check.active.job_starting(job)
         job.state = JobState.RUNNING
         job.start_ns = now_ns()
+        if check.active is not None:
+            check.active.job_started(job, int(self.timeout_s * 1e9))
         done = threading.Event()
         run = self._current = self.streamer.start(job, lambda _run: done.set())
         if not done.wait(self.timeout_s):
@@ -156,6 +161,8 @@ class Scheduler:
         else:
             self.completed += 1
         job.retire(error)
+        if check.active is not None:
+            check.active.job_finished(job)
 
     # -- the device going away ---------------------------------------------------------
 

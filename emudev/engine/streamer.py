@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emudev import check
 from emudev.engine.execute import DeviceMemory, EngineFault, run_compute
 from emudev.engine.job import Fault, Job
 from emudev.engine.program import ENGINE_NAMES, Step
@@ -60,12 +61,13 @@ class JobRun:
 class Engine(threading.Thread):
     """One engine of the NPU: a thread working through its packets."""
 
-    def __init__(self, engine: int, device_name: str, semaphores: threading.Condition) -> None:
+    def __init__(self, engine: int, device_name: str, semaphores: threading.Condition, sem_grace_ns: int) -> None:
         super().__init__(name=f"{device_name}-{ENGINE_NAMES[engine]}", daemon=True)
         self.engine = engine
         self.semaphores = semaphores
         self.inbox: queue.SimpleQueue[tuple[JobRun, list[Step]] | None] = queue.SimpleQueue()
         self.busy_ns = 0
+        self.sem_grace_ns = sem_grace_ns
         self.busy_by_file: defaultdict[int, int] = defaultdict(int)
         self.packets = 0
 
@@ -83,11 +85,11 @@ class Engine(threading.Thread):
 
     def _run_steps(self, run: JobRun, steps: list[Step]) -> None:
         memory = DeviceMemory(run.job.context.file.vm)
-        for step in steps:
+        for position, step in enumerate(steps):
             if run.aborted.is_set():
                 return
             try:
-                self._run_step(run, memory, step)
+                self._run_step(run, memory, step, steps[position + 1:])
             except EngineFault as fault:
                 run.abort(-errno.EFAULT, Fault(self.engine, step.index, fault.va, fault.reason))
                 return
@@ -97,17 +99,33 @@ class Engine(threading.Thread):
                 return
             self.packets += 1
 
-    def _run_step(self, run: JobRun, memory: DeviceMemory, step: Step) -> None:
+    def _run_step(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> None:
+        if step.name == "SEM_WAIT":
+            self.wait_semaphore(run, memory, step, later)
+            return
         control = _CONTROL.get(step.name)
         if control is None:
             run_compute(memory, step)
         else:
             control(self, run, memory, step.packet)
 
-    def wait_semaphore(self, run: JobRun, memory: DeviceMemory, p: defs.drm_emudev_pkt_sem_wait) -> None:
+    def wait_semaphore(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> None:
+        """Poll the word until it meets the condition; the checker hears of a wait that blocks."""
+        p: defs.drm_emudev_pkt_sem_wait = step.packet
         word = memory.word(p.va, np.uint32, write=False)
         satisfied = (lambda: word[0] >= p.value) if p.cond == defs.DRM_EMUDEV_SEM_GEQUAL else (
             lambda: word[0] == p.value)
+        with self.semaphores:
+            if satisfied():
+                return
+        if check.active is not None:
+            found = run.job.context.file.vm.translate(p.va, 4)
+            if found is not None:
+                # Over-approximated: other engines' packets may have run already.
+                others = [s for s in run.job.program.steps if s.engine != step.engine]
+                check.active.semaphore_blocked(
+                    run.job, step, (found.obj.id, found.offset), others + later,
+                    lambda: not satisfied() and not run.aborted.is_set(), self.sem_grace_ns)
         with self.semaphores:
             while not satisfied() and not run.aborted.is_set():
                 self.semaphores.wait(_SEM_POLL_S)
@@ -124,7 +142,6 @@ class Engine(threading.Thread):
 
 _CONTROL: dict[str, Callable[[Engine, JobRun, DeviceMemory, defs.UapiStruct], None]] = {
     "NOP": lambda engine, run, memory, packet: None,
-    "SEM_WAIT": Engine.wait_semaphore,
     "SEM_SIGNAL": Engine.signal_semaphore,
     "TIMESTAMP": Engine.timestamp,
 }
@@ -133,8 +150,9 @@ _CONTROL: dict[str, Callable[[Engine, JobRun, DeviceMemory, defs.UapiStruct], No
 class CommandStreamer:
     """Hands a job's packets to the engine threads (started on first use)."""
 
-    def __init__(self, device_name: str) -> None:
+    def __init__(self, device_name: str, sem_grace_ns: int) -> None:
         self.device_name = device_name
+        self.sem_grace_ns = sem_grace_ns  # how long a semaphore may block before the checker calls it stuck
         self.semaphores = threading.Condition()
         self.engines: dict[int, Engine] = {}
         self._lock = threading.Lock()
@@ -142,7 +160,7 @@ class CommandStreamer:
     def _engine(self, engine: int) -> Engine:
         with self._lock:
             if engine not in self.engines:
-                self.engines[engine] = Engine(engine, self.device_name, self.semaphores)
+                self.engines[engine] = Engine(engine, self.device_name, self.semaphores, self.sem_grace_ns)
                 self.engines[engine].start()
             return self.engines[engine]
 

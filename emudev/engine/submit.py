@@ -13,6 +13,7 @@ import errno
 import struct
 from dataclasses import dataclass
 
+from emudev import check
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
@@ -161,6 +162,8 @@ def submit(file: DrmFile, args: defs.drm_emudev_submit, user: UserMemory) -> int
         else:
             syncobj.replace(job.fence)
     context.remember(job)
+    if check.active is not None:
+        check.active.job_submitted(job)
     file.device.sched.push(job)
     args.seqno = job.seqno
     return 0

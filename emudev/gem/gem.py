@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 
+from emudev import check
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
@@ -26,6 +27,8 @@ def handle_create(file: DrmFile, obj: GemObject) -> int:
     obj.handle_count += 1
     handle = file.objects.insert(obj)
     file.vm.map(obj)
+    if check.active is not None:
+        check.active.handle_reused(file, handle)
     return handle
 
 
@@ -77,6 +80,8 @@ def gem_close(file: DrmFile, args: defs.drm_gem_close, user: UserMemory) -> int:
     """The pad is not checked, as in drm_gem_close_ioctl()."""
     if not handle_delete(file, args.handle):
         raise OSError(errno.EINVAL, "no such GEM handle")
+    if check.active is not None:
+        check.active.handle_closed(file, args.handle, "GEM_CLOSE")
     return 0
 
 
@@ -165,4 +170,6 @@ def bo_fini(file: DrmFile, args: defs.drm_emudev_bo_fini, user: UserMemory) -> R
     if args.pad:
         raise OSError(errno.EINVAL, "pad must be zero")
     obj = lookup(file, args.handle)
+    if check.active is not None:
+        check.active.cpu_access_ended(file, obj)
     return file.cpu_view.end(obj)

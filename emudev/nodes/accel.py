@@ -11,10 +11,12 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
+from emudev import check
 from emudev.drm.cpu_view import CpuView, Invalidate
 from emudev.drm.device import DrmDevice
 from emudev.drm.file import ClientIdentity, DrmFile
@@ -22,7 +24,9 @@ from emudev.drm.ioctl import DrmDispatcher
 from emudev.drm.usermem import UserMemory
 from emudev.engine.submit import release_file as release_contexts
 from emudev.fuse import Deferred, IoctlResult, Request
+from emudev.gem.dmabuf import DmaBuf
 from emudev.gem.gem import release_file
+from emudev.gem.object import GemObject
 from emudev.nodes.defer import defer
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, OpenFile, Symlink
 from emudev.sync.syncobj_ioctl import release_file as release_syncobjs
@@ -48,22 +52,26 @@ class AccelFile(OpenFile):
             return IoctlResult(result=outcome.result, data=outcome.data)
         return defer(req, outcome, self.file.device.mount.pending if self.file.device.mount else None)
 
-    def _accessible(self, offset: int) -> tuple[memoryview, int]:
+    def _accessible(self, offset: int) -> tuple[GemObject, int]:
         """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible."""
         found = self.file.device.gem.offsets.find(offset)
         if found is None or not self.file.vm.address_of(found[0]):
             raise OSError(errno.EINVAL, "no BO of this file at that offset")
-        obj, position = found
-        return obj.memory.view(), position
+        return found
 
     def read(self, req: Request, offset: int, size: int) -> bytes:
         """A page fault of a mapping; past the BO's end (its guard range) reads zeros, never short."""
-        memory, position = self._accessible(offset)
-        return bytes(memory[position: position + size]).ljust(size, b"\0")
+        obj, position = self._accessible(offset)
+        if check.active is not None:
+            check.active.cpu_read(self.file, obj, position, position + size)
+        return bytes(obj.memory.view()[position: position + size]).ljust(size, b"\0")
 
     def write(self, req: Request, offset: int, data: memoryview) -> int:
         """Write-back of dirty mapped pages into the BO."""
-        memory, position = self._accessible(offset)
+        obj, position = self._accessible(offset)
+        if check.active is not None:
+            check.active.cpu_write(self.file, obj, position, position + len(data))
+        memory = obj.memory.view()
         end = min(position + len(data), len(memory))
         memory[position:end] = data[: end - position]
         return len(data)
@@ -74,6 +82,28 @@ class AccelFile(OpenFile):
         release_syncobjs(self.file)
         self.file.device.release_file(self.file)
         log.debug("%s: file %d of pid %d closed", self.file.device.name, self.file.id, self.file.client.tgid)
+        if check.active is not None:
+            check.active.file_released(self.file, self._dmabufs_held())
+
+    def _dmabufs_held(self) -> list[tuple[int, int]]:
+        """(fd, BO id) of this device's dma-bufs the closing process still has open."""
+        mount = self.file.device.mount
+        tgid = self.file.client.tgid
+        if mount is None:
+            return []
+        try:
+            fds = [int(fd) for fd in os.listdir(f"/proc/{tgid}/fd")]
+        except OSError:
+            return []
+        held = []
+        for fd in fds:
+            try:
+                target = mount.identify(tgid, fd)
+            except OSError:
+                continue
+            if isinstance(target, DmaBuf) and target.obj.device is self.file.device.gem:
+                held.append((fd, target.obj.id))
+        return held
 
 
 class AccelNodes:

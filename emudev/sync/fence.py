@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from emudev import check
+
 log = logging.getLogger("emudev.fence")
 
 _contexts = itertools.count(1)
@@ -69,6 +71,8 @@ class DmaFence:
                 self.set_error(error)
             self.timestamp_ns = now_ns()
             self._callbacks = None
+        if check.active is not None:
+            check.active.order.fence_signaled(self)
         for cb in callbacks:
             try:
                 cb(self)
@@ -133,6 +137,8 @@ class FenceContext:
         self.id = next(_contexts)
         self.driver_name = driver_name
         self.timeline_name = timeline_name
+        if check.active is not None:
+            check.active.order.timeline_created(self.id)
         self._seqno = itertools.count(1)
 
     def fence(self) -> DmaFence:

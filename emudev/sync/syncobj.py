@@ -12,6 +12,7 @@ import itertools
 import threading
 from collections.abc import Callable
 
+from emudev import check
 from emudev.sync.chain import FenceChain, find_seqno, last_signaled_point
 from emudev.sync.fence import DmaFence, signaled_stub
 
@@ -29,6 +30,7 @@ class Syncobj:
         self._lock = threading.Lock()
         self._on_change: list[Callable[[], None]] = []
         self._refs = 0
+        self.generation = 0  # bumped when replace() restarts the timeline, for the QUERY check
         self._on_release: list[Callable[[], None]] = []
 
     def get(self) -> Syncobj:
@@ -45,6 +47,11 @@ class Syncobj:
         for cb in callbacks:
             cb()
 
+    def references(self) -> int:
+        """Handles, opaque fds and unclaimed tickets that hold the syncobj."""
+        with self._lock:
+            return self._refs
+
     def on_release(self, callback: Callable[[], None]) -> None:
         """Run `callback` when the last reference goes (pending eventfds let go of theirs)."""
         with self._lock:
@@ -58,6 +65,7 @@ class Syncobj:
         """drm_syncobj_replace_fence(): binary semantics, also what RESET/SIGNAL do."""
         with self._lock:
             self._fence = fence
+            self.generation += 1
         self._changed()
 
     def add_point(self, fence: DmaFence, point: int) -> None:
@@ -65,6 +73,8 @@ class Syncobj:
         with self._lock:
             prev = self._fence
             self._fence = FenceChain(prev, fence, point)
+        if check.active is not None and point and isinstance(prev, FenceChain):
+            check.active.order.point_added(self, prev.seqno, point, "add_point")
         self._changed()
         if isinstance(prev, FenceChain):
             prev.walk()  # collect what has signalled, as drm_syncobj_add_point() does

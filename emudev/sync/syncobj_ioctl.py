@@ -8,8 +8,9 @@ import struct
 import threading
 from collections.abc import Callable
 
+from emudev import check
 from emudev.drm.completion import Completion
-from emudev.drm.file import DrmFile
+from emudev.drm.file import DrmFile, process_threads
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.userfd import caller_fd, caller_fd_info
 from emudev.drm.usermem import UserMemory
@@ -159,7 +160,13 @@ def _wait(file: DrmFile, args: defs.UapiStruct, user: UserMemory, allowed: int, 
     def set_first(index: int) -> None:
         args.first_signaled = index
 
-    return SyncobjWait(syncobjs, points, args.flags, set_first).start(args.timeout_nsec, deadline)
+    waiter = SyncobjWait(syncobjs, points, args.flags, set_first)
+    result = waiter.start(args.timeout_nsec, deadline)
+    if check.active is not None and isinstance(result, Completion) and args.flags & FOR_SUBMIT:
+        missing = [entry.syncobj for entry in waiter.entries if entry.fence is None]
+        if missing:
+            check.active.deadlocks.wait_for_submit(file, missing, process_threads(file.client.tgid))
+    return result
 
 
 @ioctl_handler("DRM_IOCTL_SYNCOBJ_WAIT")
@@ -215,6 +222,9 @@ def query(file: DrmFile, args: defs.drm_syncobj_timeline_array, user: UserMemory
     syncobjs = _find_array(file, user, args.handles, args.count_handles)
     last_submitted = bool(args.flags & defs.DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED)
     points = [s.query(last_submitted) for s in syncobjs]
+    if check.active is not None and not last_submitted:
+        for syncobj, point in zip(syncobjs, points, strict=True):
+            check.active.order.queried(syncobj, syncobj.generation, point, f"QUERY by pid {file.client.tgid}")
     user.write(args.points, struct.pack(f"<{len(points)}Q", *points))
     return 0
 

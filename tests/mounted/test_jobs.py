@@ -268,7 +268,7 @@ def test_a_fault_stops_the_job_and_is_reported(dev, ctx, mount):
     assert f"{va:#x}" in faults and "not mapped" in faults
 
 
-@pytest.mark.emudev(args=("--job-timeout", "200"))
+@pytest.mark.emudev(args=("--job-timeout", "200"), violations_expected=True)
 def test_a_hung_job_times_out_and_bans_its_context(emudev_mount):
     with Device(emudev_mount.node(0)) as dev, Context(dev) as guilty, Context(dev) as innocent, \
             dev.create_bo(4096) as sem, dev.create_bo(4096) as out:
@@ -286,6 +286,7 @@ def test_a_hung_job_times_out_and_bans_its_context(emudev_mount):
             assert errno_of(lambda: guilty.submit(cmd, size)) == errno.ECANCELED
             innocent.submit(cmd, size)
         assert "timed out" in emudev_mount.log_text()
+        assert "[deadlock] packet 0 (SEM_WAIT" in emudev_mount.violations()
 
 
 def test_a_failed_dependency_fails_the_job_with_its_error(dev, ctx, mount):

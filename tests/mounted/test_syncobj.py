@@ -1058,8 +1058,9 @@ def test_a_wait_deadline_on_a_timeline_point_reaches_the_fence_behind_it(dev, ti
         assert get_deadline(timeline, fence) == hint
 
 
-@pytest.mark.emudev(devices=1)
+@pytest.mark.emudev(devices=1, violations_expected=True)
 def test_unplug_ends_a_blocked_wait_with_enodev(emudev_mount):
+    """The child's wait can never be satisfied, which the deadlock detector reports; unplug ends it."""
     m = emudev_mount
     wait_until(lambda: "emudev.daemon INFO serving " in m.log_text(), "the daemon serves", 10.0)
 
@@ -1083,6 +1084,7 @@ def test_unplug_ends_a_blocked_wait_with_enodev(emudev_mount):
         assert outcome == errno.ENODEV
         assert returned - unplugged < 2.0
         child.join()
+    assert "waits with WAIT_FOR_SUBMIT for syncobjs [1] that only it holds" in m.violations()
     m.proc.wait(10.0)  # the daemon exits once its last client is gone
 
 
