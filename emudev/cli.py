@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from emudev import fuse
+from emudev.driver.fault_inject import FaultInjection, InjectError
 from emudev.drm.device import DEFAULT_JOB_TIMEOUT_MS, DEFAULT_MEMORY_SIZE, DeviceConfig
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="device memory per device (default 1G)")
     m.add_argument("--job-timeout", type=_positive_int, default=DEFAULT_JOB_TIMEOUT_MS, metavar="MS",
                    help=f"milliseconds a job may run before the engines are reset (default {DEFAULT_JOB_TIMEOUT_MS})")
+    m.add_argument("--sched-seed", type=int, metavar="N",
+                   help="deterministic scheduling: engines interleaved one packet at a time by a seeded RNG")
     m.add_argument("--check", action="store_true",
                    help="run the fence-order, deadlock and race checkers; findings in MOUNT/debug/checks")
     m.add_argument("--workers", type=int, default=2, help="FUSE request threads (default 2)")
@@ -70,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
     u.set_defaults(func=cmd_umount)
+    i = sub.add_parser("inject", help="inject a fault into a device (see MOUNTPOINT/debug/accelN/inject)")
+    i.add_argument("mountpoint")
+    i.add_argument("--device", type=int, default=0, help="which accelN (default 0)")
+    i.add_argument("fault", nargs="+",
+                   help="alloc_fail N | hang ENGINE | slow ENGINE MS | delay_signal MS | seed N|off | unplug | clear")
+    i.set_defaults(func=cmd_inject)
+    e = sub.add_parser("explore", help="run COMMAND against fresh devices under many scheduling seeds")
+    e.add_argument("--seeds", type=_positive_int, default=10, help="how many seeds (default 10)")
+    e.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    e.add_argument("--devices", type=_positive_int, default=1)
+    e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the client program and its arguments")
+    e.set_defaults(func=cmd_explore)
     return p
 
 
@@ -103,7 +118,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
     log_path = args.log or ("" if args.foreground else f"/tmp/emudev-{os.getpid()}.log")
-    device = DeviceConfig(memory_size=args.memory, job_timeout_ms=args.job_timeout)
+    device = DeviceConfig(memory_size=args.memory, job_timeout_ms=args.job_timeout, sched_seed=args.sched_seed)
     config = DaemonConfig(mountpoint=mountpoint, devices=args.devices, workers=args.workers, device=device,
                           log_path=log_path, passthrough=args.passthrough, check=args.check)
     level = logging.DEBUG if args.debug else logging.INFO
@@ -216,3 +231,41 @@ def cmd_umount(args: argparse.Namespace) -> int:
     note = f"; daemon {pid} stays until its {clients} open file(s) are closed" if clients else ""
     print(f"emudev: unmounted {mountpoint}{note}")
     return 0
+
+
+# fault injection and seed exploration
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    read_daemon_info(mountpoint)
+    command = " ".join(args.fault)
+    try:
+        FaultInjection().apply(command, lambda: None)  # the device's parser, for a clear message here
+    except InjectError as e:
+        raise CliError(f"cannot inject {command!r}: {e}") from None
+    path = os.path.join(mountpoint, "debug", f"accel{args.device}", "inject")
+    try:
+        fd = os.open(path, os.O_WRONLY)  # no O_TRUNC: a control file has nothing to truncate
+        try:
+            os.write(fd, (command + "\n").encode())
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise CliError(f"{mountpoint} has no accel{args.device}") from None
+    except OSError as e:
+        raise CliError(f"the device refused {command!r}: {e.strerror}") from None
+    print(f"emudev: accel{args.device}: {command}")
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from emudev.explore import explore
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise CliError("explore needs a command to run: emudev explore --seeds N -- COMMAND ...")
+    results = explore(command, range(args.first_seed, args.first_seed + args.seeds), args.devices)
+    failed = [r.seed for r in results if r.failed]
+    print(f"emudev: {len(results) - len(failed)} of {len(results)} seeds passed"
+          + (f"; failing seeds: {' '.join(map(str, failed))}" if failed else ""))
+    return 1 if failed else 0

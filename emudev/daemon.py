@@ -32,6 +32,7 @@ from emudev.nodes.debugfs import (
     faults_text,
     fences_text,
     gem_objects_text,
+    inject_file,
     name_text,
 )
 from emudev.nodes.fs import NodeFs
@@ -80,6 +81,7 @@ class MountTree:
             self.inodes.add(device_debug, text_file("fences", lambda d=device: fences_text(d)))
             self.inodes.add(device_debug, text_file("engines", lambda d=device: engines_text(d)))
             self.inodes.add(device_debug, text_file("faults", lambda d=device: faults_text(d)))
+            self.inodes.add(device_debug, inject_file(device))
 
     def _open_sw_sync(self, req: fuse.Request, flags: int) -> OpenFile:
         if self.services is None:

@@ -48,7 +48,8 @@ class Races:
         with self._lock:
             for span in spans:
                 live = [(j, s) for j, s in self._spans.get(span.obj_id, []) if not j.fence.signaled]
-                conflicts = [(j, s) for j, s in live if (s.write or span.write) and s.overlaps(span.start, span.end)]
+                conflicts = [(j, s) for j, s in live if j is not job and (s.write or span.write)
+                             and s.overlaps(span.start, span.end)]
                 live.append((job, span))
                 self._spans[span.obj_id] = live
                 for other, theirs in conflicts:

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from emudev.driver.fault_inject import FaultInjection
 from emudev.drm.file import ClientIdentity, DrmFile
 from emudev.engine.sched import Scheduler
 from emudev.gem.device import GemDevice
@@ -29,6 +30,7 @@ class DeviceConfig:
 
     memory_size: int = DEFAULT_MEMORY_SIZE
     job_timeout_ms: int = DEFAULT_JOB_TIMEOUT_MS
+    sched_seed: int | None = None
 
 
 @dataclass(eq=False)
@@ -39,13 +41,17 @@ class DrmDevice:
     unplugged: bool = False
     gem: GemDevice = field(init=False)
     sched: Scheduler = field(init=False)
+    inject: FaultInjection = field(init=False)
     mount: MountServices | None = None  # set by the daemon once the mount exists
     _files: dict[int, DrmFile] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.gem = GemDevice(self.name, self.config.memory_size)
-        self.sched = Scheduler(self.name, self.config.job_timeout_ms)
+        self.inject = FaultInjection()
+        if self.config.sched_seed is not None:
+            self.inject.apply(f"seed {self.config.sched_seed}", self.unplug)
+        self.sched = Scheduler(self.name, self.config.job_timeout_ms, self.inject)
 
     @property
     def name(self) -> str:

@@ -16,11 +16,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from emudev import check
+from emudev.driver.fault_inject import FaultInjection
 from emudev.engine.context import Context
 from emudev.engine.job import Fault, Job, JobState
 from emudev.engine.program import ENGINE_NAMES
 from emudev.engine.streamer import CommandStreamer, JobRun
 from emudev.sync.fence import now_ns, when_all
+from emudev.sync.timer import deadlines
 
 log = logging.getLogger("emudev.engine")
 
@@ -35,10 +37,11 @@ class FaultRecord:
 
 
 class Scheduler:
-    def __init__(self, device_name: str, timeout_ms: int) -> None:
+    def __init__(self, device_name: str, timeout_ms: int, inject: FaultInjection) -> None:
         self.device_name = device_name
         self.timeout_s = timeout_ms / 1000
-        self.streamer = CommandStreamer(device_name, timeout_ms * 1_000_000 // 2)
+        self.inject = inject
+        self.streamer = CommandStreamer(device_name, timeout_ms * 1_000_000 // 2, inject)
         self.faults: deque[FaultRecord] = deque(maxlen=FAULT_LOG)
         self.completed = 0
         self.failed = 0
@@ -160,6 +163,14 @@ class Scheduler:
             self.failed += 1
         else:
             self.completed += 1
+        delay_ms = self.inject.signal_delay_ms
+        if delay_ms:
+            deadlines.at(now_ns() + delay_ms * 1_000_000, lambda: self._retire(job, error))
+        else:
+            self._retire(job, error)
+
+    @staticmethod
+    def _retire(job: Job, error: int) -> None:
         job.retire(error)
         if check.active is not None:
             check.active.job_finished(job)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import errno
 import logging
 import queue
+import random
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from emudev import check
+from emudev.driver.fault_inject import FaultInjection
 from emudev.engine.execute import DeviceMemory, EngineFault, run_compute
 from emudev.engine.job import Fault, Job
 from emudev.engine.program import ENGINE_NAMES, Step
@@ -29,6 +31,7 @@ from emudev.uapi import defs
 log = logging.getLogger("emudev.engine")
 
 _SEM_POLL_S = 0.0005
+SERIAL = -1  # the pseudo-engine of the deterministic mode
 
 
 @dataclass(eq=False)
@@ -61,10 +64,12 @@ class JobRun:
 class Engine(threading.Thread):
     """One engine of the NPU: a thread working through its packets."""
 
-    def __init__(self, engine: int, device_name: str, semaphores: threading.Condition, sem_grace_ns: int) -> None:
-        super().__init__(name=f"{device_name}-{ENGINE_NAMES[engine]}", daemon=True)
+    def __init__(self, engine: int, device_name: str, semaphores: threading.Condition, sem_grace_ns: int,
+                 inject: FaultInjection) -> None:
+        super().__init__(name=f"{device_name}-{ENGINE_NAMES.get(engine, 'serial')}", daemon=True)
         self.engine = engine
         self.semaphores = semaphores
+        self.inject = inject
         self.inbox: queue.SimpleQueue[tuple[JobRun, list[Step]] | None] = queue.SimpleQueue()
         self.busy_ns = 0
         self.sem_grace_ns = sem_grace_ns
@@ -86,20 +91,29 @@ class Engine(threading.Thread):
     def _run_steps(self, run: JobRun, steps: list[Step]) -> None:
         memory = DeviceMemory(run.job.context.file.vm)
         for position, step in enumerate(steps):
-            if run.aborted.is_set():
+            if run.aborted.is_set() or not self._execute(run, memory, step, steps[position + 1:]):
                 return
-            try:
-                self._run_step(run, memory, step, steps[position + 1:])
-            except EngineFault as fault:
-                run.abort(-errno.EFAULT, Fault(self.engine, step.index, fault.va, fault.reason))
-                return
-            except Exception:  # an engine bug must fail the job, never the daemon
-                log.exception("%s: %s failed on packet %d", run.job.describe(), step.name, step.index)
-                run.abort(-errno.EIO)
-                return
-            self.packets += 1
+
+    def _execute(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> bool:
+        """Run one packet; False when it stopped the job."""
+        try:
+            self._run_step(run, memory, step, later)
+        except EngineFault as fault:
+            run.abort(-errno.EFAULT, Fault(step.engine, step.index, fault.va, fault.reason))
+            return False
+        except Exception:  # an engine bug must fail the job, never the daemon
+            log.exception("%s: %s failed on packet %d", run.job.describe(), step.name, step.index)
+            run.abort(-errno.EIO)
+            return False
+        self.packets += 1
+        return True
 
     def _run_step(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> None:
+        if self.inject.take_hang(step.engine):
+            run.aborted.wait()  # hung until the timeout resets the engines
+            return
+        if slow_ms := self.inject.slow_ms.get(step.engine):
+            run.aborted.wait(slow_ms / 1000)
         if step.name == "SEM_WAIT":
             self.wait_semaphore(run, memory, step, later)
             return
@@ -109,12 +123,17 @@ class Engine(threading.Thread):
         else:
             control(self, run, memory, step.packet)
 
+    @staticmethod
+    def semaphore_condition(memory: DeviceMemory, p: defs.drm_emudev_pkt_sem_wait) -> Callable[[], bool]:
+        word = memory.word(p.va, np.uint32, write=False)
+        if p.cond == defs.DRM_EMUDEV_SEM_GEQUAL:
+            return lambda: bool(word[0] >= p.value)
+        return lambda: bool(word[0] == p.value)
+
     def wait_semaphore(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> None:
         """Poll the word until it meets the condition; the checker hears of a wait that blocks."""
         p: defs.drm_emudev_pkt_sem_wait = step.packet
-        word = memory.word(p.va, np.uint32, write=False)
-        satisfied = (lambda: word[0] >= p.value) if p.cond == defs.DRM_EMUDEV_SEM_GEQUAL else (
-            lambda: word[0] == p.value)
+        satisfied = self.semaphore_condition(memory, p)
         with self.semaphores:
             if satisfied():
                 return
@@ -147,11 +166,45 @@ _CONTROL: dict[str, Callable[[Engine, JobRun, DeviceMemory, defs.UapiStruct], No
 }
 
 
+class SerialEngine(Engine):
+    """Deterministic mode: one thread runs every engine's packets one at a time, choosing
+    the next engine with the seeded RNG (each engine keeps its own order), so a seed
+    replays the same interleaving."""
+
+    def _run_steps(self, run: JobRun, steps: list[Step]) -> None:
+        memory = DeviceMemory(run.job.context.file.vm)
+        queues: dict[int, deque[Step]] = defaultdict(deque)
+        for step in steps:
+            queues[step.engine].append(step)
+        rng = self.inject.rng or random.Random(0)
+        while queues and not run.aborted.is_set():
+            ready = [e for e in sorted(queues) if not self._blocked(memory, queues[e][0])]
+            if not ready:
+                with self.semaphores:
+                    self.semaphores.wait(_SEM_POLL_S)
+                continue
+            engine = rng.choice(ready)
+            step = queues[engine].popleft()
+            if not queues[engine]:
+                del queues[engine]
+            if not self._execute(run, memory, step, list(queues.get(engine, ()))):
+                return
+
+    def _blocked(self, memory: DeviceMemory, step: Step) -> bool:
+        if step.name != "SEM_WAIT":
+            return False
+        try:
+            return not self.semaphore_condition(memory, step.packet)()
+        except EngineFault:
+            return False  # running it reports the fault
+
+
 class CommandStreamer:
     """Hands a job's packets to the engine threads (started on first use)."""
 
-    def __init__(self, device_name: str, sem_grace_ns: int) -> None:
+    def __init__(self, device_name: str, sem_grace_ns: int, inject: FaultInjection) -> None:
         self.device_name = device_name
+        self.inject = inject
         self.sem_grace_ns = sem_grace_ns  # how long a semaphore may block before the checker calls it stuck
         self.semaphores = threading.Condition()
         self.engines: dict[int, Engine] = {}
@@ -160,14 +213,15 @@ class CommandStreamer:
     def _engine(self, engine: int) -> Engine:
         with self._lock:
             if engine not in self.engines:
-                self.engines[engine] = Engine(engine, self.device_name, self.semaphores, self.sem_grace_ns)
+                kind = SerialEngine if engine == SERIAL else Engine
+                self.engines[engine] = kind(engine, self.device_name, self.semaphores, self.sem_grace_ns, self.inject)
                 self.engines[engine].start()
             return self.engines[engine]
 
     def start(self, job: Job, on_done: Callable[[JobRun], None]) -> JobRun:
         queues: defaultdict[int, list[Step]] = defaultdict(list)
         for step in job.program.steps:
-            queues[step.engine].append(step)
+            queues[SERIAL if self.inject.rng is not None else step.engine].append(step)
         run = JobRun(job, len(queues), on_done)
         if not queues:
             on_done(run)

@@ -6,6 +6,7 @@ import errno
 import logging
 
 from emudev import check
+from emudev.driver.fault_inject import enomem
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
@@ -129,6 +130,8 @@ def bo_create(file: DrmFile, args: defs.drm_emudev_bo_create, user: UserMemory) 
     if args.flags & ~_BO_FLAGS.mask:
         raise OSError(errno.EINVAL, "unknown BO flags")
     size = page_align(args.size)
+    if file.device.inject.take_alloc_failure():
+        raise enomem()
     obj = file.device.gem.create(size, args.flags, mappable=bool(args.flags & defs.DRM_EMUDEV_BO_MAPPABLE))
     args.handle = handle_create(file, obj)
     args.size = size

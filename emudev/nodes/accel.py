@@ -135,6 +135,8 @@ class AccelNodes:
             with self._lock:
                 if self._unopened.pop(node, None) is None:
                     raise OSError(errno.ENOENT, "this node was already opened; open accel/accelN")
+            if self.device.unplugged:
+                raise OSError(errno.ENXIO, "the device was unplugged")
             self.inodes.unlink(node)
             file = self.device.open_file(ClientIdentity.of(req.pid, req.uid))
             file.cpu_view = CpuView(self.invalidate(), node.ino)

@@ -6,13 +6,18 @@ the daemon without a side channel: everything is read through the mount itself.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from emudev.driver.fault_inject import InjectError
 from emudev.drm.device import DrmDevice
 from emudev.engine.program import ENGINE_NAMES
+from emudev.fuse import Request
+from emudev.nodes.tree import DeviceFile, OpenFile
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,25 @@ def daemon_text(info: DaemonInfo, devices: Sequence[DrmDevice]) -> str:
         "log": info.log_path,
     }
     return "".join(f"{k}: {v}\n" for k, v in rows.items())
+
+
+class InjectFile(OpenFile):
+    """debug/accelN/inject: reads show what is injected, each written line is a command."""
+
+    def __init__(self, device: DrmDevice) -> None:
+        self.device = device
+
+    def read(self, req: Request, offset: int, size: int) -> bytes:
+        return self.device.inject.text().encode()[offset:offset + size]
+
+    def write(self, req: Request, offset: int, data: memoryview) -> int:
+        for line in bytes(data).decode(errors="replace").splitlines():
+            try:
+                self.device.inject.apply(line, self.device.unplug)
+            except InjectError as e:
+                raise OSError(errno.EINVAL, str(e)) from None
+        return len(data)
+
+
+def inject_file(device: DrmDevice) -> DeviceFile:
+    return DeviceFile(name="inject", mode=stat.S_IFREG | 0o600, opener=lambda req, flags: InjectFile(device))

@@ -111,14 +111,19 @@ class Bo:
         self.close()
 
     def close(self) -> None:
-        """GEM_CLOSE; the BO itself lives on while a dma-buf or another file holds it."""
+        """GEM_CLOSE; the BO itself lives on while a dma-buf or another file holds it. On a
+        device that is gone (ENODEV) the handle went with it."""
         self._array = None
         if self._dmabuf is not None:
             self._dmabuf.close()
             self._dmabuf = None
-        if self.handle:
-            self.device.ioctl("DRM_IOCTL_GEM_CLOSE", defs.drm_gem_close(handle=self.handle))
-            self.handle = 0
+        handle, self.handle = self.handle, 0
+        if handle:
+            try:
+                self.device.ioctl("DRM_IOCTL_GEM_CLOSE", defs.drm_gem_close(handle=handle))
+            except OSError as e:
+                if e.errno != errno.ENODEV:
+                    raise
 
     def export(self, flags: int = defs.DRM_CLOEXEC | defs.DRM_RDWR) -> DmaBuf:
         """PRIME_HANDLE_TO_FD: a new dma-buf descriptor for this BO."""
