@@ -9,6 +9,7 @@ of the file's address space (EFAULT) and no packet may write a device-read-only 
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Callable
 
 from emudev.engine import tensor
@@ -35,10 +36,22 @@ Rule = Callable[[defs.UapiStruct], list[Access]]
 
 
 def build_program(stream: bytes, space: AddressSpace) -> Program:
-    """Decode and check `stream`; raise Invalid (EINVAL/EFAULT) naming the first bad packet."""
+    """Decode and check `stream`; raise Invalid (EINVAL/EFAULT) naming the first bad packet.
+
+    What depends only on the bytes is cached, so a command buffer built once and submitted
+    again costs only the address checks, which depend on the file's mappings of the moment."""
+    program = _decode(stream)
+    for step in program.steps:
+        for access in step.accesses:
+            _check_mapped(space, access, _where(step.index, step.name, step.offset))
+    return program
+
+
+@functools.lru_cache(maxsize=64)
+def _decode(stream: bytes) -> Program:
     steps = []
     for decoded in isa.decode_stream(stream):
-        where = f"packet {decoded.index} ({decoded.spec.name} at offset {decoded.offset})"
+        where = _where(decoded.index, decoded.spec.name, decoded.offset)
         reason = isa.check_fields(decoded)
         if reason:
             raise Invalid(where, reason)
@@ -47,11 +60,13 @@ def build_program(stream: bytes, space: AddressSpace) -> Program:
             accesses = _RULES[decoded.spec.name](packet)
         except _Reject as rejected:
             raise Invalid(where, str(rejected)) from None
-        for access in accesses:
-            _check_mapped(space, access, where)
         engine = decoded.spec.engine if decoded.spec.engine is not None else packet.engine
         steps.append(Step(decoded.index, decoded.offset, engine, decoded.spec.name, packet, tuple(accesses)))
     return Program(tuple(steps))
+
+
+def _where(index: int, name: str, offset: int) -> str:
+    return f"packet {index} ({name} at offset {offset})"
 
 
 class _Reject(Exception):
