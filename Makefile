@@ -14,7 +14,7 @@ test: setup lint
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(PY) -m ruff check emudev userspace tests benchmarks
+	$(PY) -m ruff check emudev userspace tests benchmarks examples
 	$(PY) -m emudev.uapi.lint
 	$(PY) -m emudev.uapi.gen --check
 

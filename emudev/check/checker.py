@@ -51,6 +51,7 @@ class Checker:
                     if not access.write and self.races.cpu_touched(file, found.obj):
                         self._unsynced(job, found.obj, step)
         self.races.job_submitted(job, spans)
+        self.deadlocks.job_submitted(job)
 
     def _unsynced(self, job: Job, obj: GemObject, step: Step) -> None:
         self.report.add("cpu-access", f"{job.describe()} reads BO {obj.id} (packet {step.index}, {step.name}) "

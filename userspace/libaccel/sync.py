@@ -202,6 +202,14 @@ class SwSyncTimeline(FdFile):
     def __init__(self, mountpoint: str) -> None:
         super().__init__(os.open(os.path.join(mountpoint, "sw_sync"), os.O_RDWR | os.O_CLOEXEC))
 
+    @classmethod
+    def open(cls, mountpoint: str | None = None) -> SwSyncTimeline:
+        """The timeline of `mountpoint`, or of $EMUDEV_MOUNT."""
+        where = mountpoint or os.environ.get("EMUDEV_MOUNT")
+        if not where:
+            raise FileNotFoundError("no mountpoint given and EMUDEV_MOUNT is not set")
+        return cls(where)
+
     def __enter__(self) -> SwSyncTimeline:
         return self
 
