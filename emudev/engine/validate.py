@@ -203,6 +203,9 @@ def _sdp(p: defs.drm_emudev_pkt_sdp) -> list[Access]:
     if p.dst.dtype != _INT8 and (p.src_multiplier or p.src_shift or p.src2_multiplier or p.src2_shift
                                  or p.left_shift):
         raise _Reject("the int8 rescale fields must be zero for a floating-point dst")
+    if (p.dst.dtype == _INT8 and p.op in (defs.DRM_EMUDEV_SDP_MAX, defs.DRM_EMUDEV_SDP_MIN)
+            and not p.src.zero_point == p.src2.zero_point == p.dst.zero_point):
+        raise _Reject("int8 MAX and MIN need src, src2 and dst to share the zero point")
     return (accesses + _table(p.scale_va, channels, 4, "scale") + _table(p.bias_va, channels, 4, "bias")
             + _requant(p.requant, p.dst, channels))
 

@@ -2356,9 +2356,10 @@ class drm_emudev_pkt_sdp(UapiStruct):
         "Element-wise: t = src * scale[c] + bias[c] (each when given, floating point only), t = op(t, "
         "src2) with src2 broadcast (each of its dims equal to dst's or 1, or a 0 stride), then the "
         "activation or, for int8, TFLite's quantised ADD/SUB (inputs rescaled by their own multiplier and "
-        "shift after a left shift) or MUL (product of the offset inputs), MAX and MIN (operands must share "
-        "the output's quantisation), then the requantisation. With op NONE and int8 src and dst it "
-        "requantises."
+        "shift after a left shift) or MUL (product of the offset inputs), each followed by the "
+        "requantisation; or MAX and MIN, whose operands must share the output's quantisation (same zero "
+        "point, EINVAL otherwise) and whose result is only clamped to [act_min, act_max]. With op NONE and "
+        "int8 src and dst it requantises."
     )
     _fields_ = [
         ("header", drm_emudev_pkt_header),
@@ -3871,9 +3872,10 @@ PACKETS: dict[int, PacketSpec] = {
             "Element-wise: t = src * scale[c] + bias[c] (each when given, floating point only), t = op(t, "
             "src2) with src2 broadcast (each of its dims equal to dst's or 1, or a 0 stride), then the "
             "activation or, for int8, TFLite's quantised ADD/SUB (inputs rescaled by their own multiplier "
-            "and shift after a left shift) or MUL (product of the offset inputs), MAX and MIN (operands "
-            "must share the output's quantisation), then the requantisation. With op NONE and int8 src and "
-            "dst it requantises."
+            "and shift after a left shift) or MUL (product of the offset inputs), each followed by the "
+            "requantisation; or MAX and MIN, whose operands must share the output's quantisation (same "
+            "zero point, EINVAL otherwise) and whose result is only clamped to [act_min, act_max]. With op "
+            "NONE and int8 src and dst it requantises."
         ),
         variable_length=False,
     ),

@@ -70,11 +70,17 @@ class DmaBuf(FdFile):
     @contextmanager
     def cpu_access(self, write: bool = True) -> Iterator[np.ndarray]:
         """Map and bracket the access with DMA_BUF_IOCTL_SYNC START/END."""
-        direction = defs.DMA_BUF_SYNC_RW if write else defs.DMA_BUF_SYNC_READ
         array = self.map(writable=write)
+        with self.synced(write):
+            yield array
+
+    @contextmanager
+    def synced(self, write: bool = True) -> Iterator[None]:
+        """DMA_BUF_IOCTL_SYNC START before, END after (also when the body raises)."""
+        direction = defs.DMA_BUF_SYNC_RW if write else defs.DMA_BUF_SYNC_READ
         self.sync(defs.DMA_BUF_SYNC_START | direction)
         try:
-            yield array
+            yield
         finally:
             self.sync(defs.DMA_BUF_SYNC_END | direction)
 
@@ -161,10 +167,11 @@ class Bo:
 
     @contextmanager
     def cpu_access(self, write: bool = True) -> Iterator[np.ndarray]:
-        """Map and bracket the access with BO_PREP/BO_FINI: after it, the device sees the writes."""
+        """Map (the default path, a dma-buf) and bracket the access with that dma-buf's
+        DMA_BUF_IOCTL_SYNC: it waits for the device as BO_PREP would, and after it the
+        device sees the writes, passthrough or not. (BO_PREP/BO_FINI are the brackets of
+        map_device().)"""
         array = self.map()
-        self.prep(write)
-        try:
+        assert self._dmabuf is not None
+        with self._dmabuf.synced(write):
             yield array
-        finally:
-            self.fini()

@@ -1,0 +1,171 @@
+"""Whole networks on the device against onnxruntime: small CNN/MLP/branching nets in fp32 and int8,
+real model-zoo topologies shipped with the onnx package, and the runtime API around them."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from compiler_helpers import check, rand, reference
+from compiler_nets import branches, lenet, mlp
+
+from userspace.compiler import compile
+
+NETS = {"lenet": (lenet, (4, 1, 28, 28)), "mlp": (mlp, (8, 64)), "branches": (branches, (2, 3, 12, 12))}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_fp32_network(device, name):
+    build, shape = NETS[name]
+    check(device, build(shape[0]), {"x": rand(*shape)}, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_int8_network(device, name):
+    """Post-training int8 against the float model: errors of a few quantisation steps, same decisions."""
+    build, shape = NETS[name]
+    model = build(shape[0])
+    rng = np.random.default_rng(7)  # data of its own: the bounds below hold for it whatever ran before
+    calibration = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(8)]
+    x = rng.standard_normal(shape).astype(np.float32)
+    expected = reference(model, {"x": x})[0]
+    with compile(model, device, dtype="int8", calibration=calibration) as compiled:
+        got = compiled.run({"x": x})[0]
+        assert compiled.dtype == "int8"
+        assert any(k.packet in ("CONV", "GEMM") and k.writes[0].dtype == np.int8 for k in compiled.kernels)
+    span = float(expected.max() - expected.min())
+    error = np.abs(got - expected)
+    # a value beyond the calibrated range saturates (as in any PTQ): bound the bulk, not the worst element
+    assert np.percentile(error, 99) < 0.06 * span
+    assert error.mean() < 0.015 * span
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.75
+
+
+def test_int8_falls_back_to_fp32_for_softmax(device):
+    """Softmax has no int8 form: the int8 CNN ends with a CPU dequantisation and an fp32 CDP job."""
+    with compile(lenet(2), device, dtype="int8", calibration=[rand(2, 1, 28, 28) for _ in range(4)]) as compiled:
+        packets = [k.packet for k in compiled.kernels]
+        assert "CPU" in packets and packets.index("CPU") < packets.index("CDP")
+        probs = compiled.run(rand(2, 1, 28, 28))[0]
+        assert compiled.timings.cpu_steps > 0
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_branches_run_engines_concurrently_and_reuse_memory(device):
+    with compile(branches(1), device) as compiled:
+        stats = compiled.stats
+        assert stats["signals"] > 0 and stats["waits"] > 0  # cross-engine dependencies are synchronised
+        assert stats["arena_bytes"] < stats["arena_unshared_bytes"]  # liveness reuse
+        # concat inputs are produced in place: no BDMA copy
+        assert not any(k.packet == "BDMA" for k in compiled.kernels)
+
+
+def test_resubmission_many_runs(device):
+    """The same command buffer runs again and again (semaphores reset each run) with fresh inputs."""
+    model = branches(1)
+    with compile(model, device) as compiled:
+        for _ in range(5):
+            x = rand(1, 3, 12, 12)
+            np.testing.assert_allclose(compiled.run({"x": x})[0], reference(model, {"x": x})[0], atol=1e-4,
+                                       rtol=1e-3)
+        assert compiled.timings.runs == 5
+
+
+def _bo_totals(mount) -> str:
+    return mount.debug("accel0", "gem_objects").strip().splitlines()[-1]
+
+
+def test_runtime_api_and_timings(compiler_mount, device):
+    model = mlp(8)
+    x = rand(8, 64)
+    expected = reference(model, {"x": x})[0]
+    before = _bo_totals(compiler_mount)
+    compiled = compile(model, device)
+    assert _bo_totals(compiler_mount) != before  # weights, arena and command BOs
+    try:
+        assert [p.name for p in compiled.inputs] == ["x"] and [p.name for p in compiled.outputs] == ["y"]
+        for inputs in ({"x": x}, [x], x):
+            np.testing.assert_allclose(compiled.run(inputs)[0], expected, atol=1e-4, rtol=1e-4)
+        t = compiled.timings
+        assert t.compile > 0 and t.upload > 0 and t.run > 0 and t.device > 0 and t.device_busy > 0
+        assert t.run >= t.device
+        assert "GEMM" in compiled.summary()
+        with pytest.raises(ValueError, match="shape"):
+            compiled.run({"x": rand(4, 64)})
+        with pytest.raises(ValueError, match="unknown model input"):
+            compiled.run({"x": x, "z": x})
+    finally:
+        compiled.close()
+    assert _bo_totals(compiler_mount) == before  # every BO released
+    compiled.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        compiled.run(x)
+
+
+def test_profile_timestamps(device):
+    with compile(lenet(1), device, profile=True) as compiled:
+        compiled.run(rand(1, 1, 28, 28))
+        rows = compiled.profile()
+    assert {r["packet"] for r in rows} >= {"CONV", "PDP", "GEMM", "CDP"}
+    assert all(r["end_ns"] > 0 for r in rows)
+
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+def _randomised(path: str, seed: int = 0) -> onnx.ModelProto:
+    """A 'light' model-zoo network with its constant-filled weights replaced by random ones (He-scaled,
+    so activations neither vanish nor explode) and its final Softmax dropped, so that every layer's
+    arithmetic shows in the compared logits."""
+    model = onnx.load(path)
+    rng = np.random.default_rng(seed)
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    kept, weights, shape_inputs = [], [], set()
+    for n in model.graph.node:
+        if n.op_type != "ConstantOfShape":
+            kept.append(n)
+            continue
+        shape_inputs.add(n.input[0])
+        shape, name = tuple(int(d) for d in init[n.input[0]]), n.output[0]
+        if "_riv_" in name or "var" in name:
+            value = rng.uniform(0.5, 1.5, shape)
+        elif "_s_" in name or "scale" in name:
+            value = rng.uniform(0.8, 1.2, shape)
+        elif len(shape) > 1:
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))
+        else:
+            value = rng.standard_normal(shape) * 0.05
+        weights.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+    if kept[-1].op_type == "Softmax":
+        logits = kept.pop().input[0]
+        del model.graph.output[:]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    others = [t for t in model.graph.initializer if t.name not in shape_inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*others, *weights])
+    inputs = [i for i in model.graph.input if i.name not in shape_inputs]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return model
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_shufflenet", "light_inception_v1", "light_resnet50"])
+def test_model_zoo_topology(device, name):
+    """Real networks (SqueezeNet's fire modules, ShuffleNet's channel shuffle through a rank-5 transpose,
+    Inception's concats and LRN, ResNet-50's residual Sums and folded BatchNorms) at 224x224."""
+    path = os.path.join(LIGHT, f"{name}.onnx")
+    if not os.path.exists(path):
+        pytest.skip("the onnx package ships no backend test data")
+    model = _randomised(path)
+    initializers = {t.name for t in model.graph.initializer}
+    data = next(i for i in model.graph.input if i.name not in initializers)
+    shape = [d.dim_value for d in data.type.tensor_type.shape.dim]
+    x = rand(*shape)
+    expected = reference(model, {data.name: x})[0]
+    with compile(model, device) as compiled:
+        got = compiled.run({data.name: x})[0]
+    np.testing.assert_allclose(got, expected, atol=2e-4 * max(1.0, float(np.abs(expected).max())), rtol=1e-3)

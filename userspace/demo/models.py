@@ -1,0 +1,134 @@
+"""ONNX networks with random weights, built with onnx.helper: workloads for benchmarks and tests.
+
+They are generated rather than downloaded so that a fresh machine needs no network and
+every run measures exactly the same graph (weights come from a seeded generator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 13
+
+
+class _Builder:
+    """Nodes and initializers accumulated in order, with unique names."""
+
+    def __init__(self, seed: int) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper = helper
+        self.numpy_helper = numpy_helper
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, kind: str) -> str:
+        self.count += 1
+        return f"{kind.lower()}{self.count}"
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], **attrs: object) -> str:
+        name = self.name(op)
+        self.nodes.append(self.helper.make_node(op, list(inputs), [name], name=name, **attrs))
+        return name
+
+    def conv(self, x: str, cin: int, cout: int, kernel: int = 3, stride: int = 1, bias: bool = True) -> str:
+        weight = self.rng.standard_normal((cout, cin, kernel, kernel)) * np.sqrt(2.0 / (cin * kernel * kernel))
+        name = self.name("w")
+        inputs = [x, self.const(f"{name}.weight", weight)]
+        if bias:
+            inputs.append(self.const(f"{name}.bias", self.rng.standard_normal(cout) * 0.05))
+        pad = kernel // 2
+        return self.node("Conv", inputs, kernel_shape=[kernel, kernel], strides=[stride, stride],
+                         pads=[pad, pad, pad, pad])
+
+    def batchnorm(self, x: str, channels: int) -> str:
+        """Inference BatchNormalization with plausible statistics: the compiler folds it into the Conv."""
+        name = self.name("bn")
+        return self.node("BatchNormalization", [
+            x,
+            self.const(f"{name}.scale", 1 + 0.1 * self.rng.standard_normal(channels)),
+            self.const(f"{name}.bias", 0.1 * self.rng.standard_normal(channels)),
+            self.const(f"{name}.mean", 0.1 * self.rng.standard_normal(channels)),
+            self.const(f"{name}.var", 1 + 0.1 * self.rng.random(channels)),
+        ], epsilon=1e-5)
+
+    def gemm(self, x: str, fan_in: int, fan_out: int, gain: float = 2.0) -> str:
+        name = self.name("fc")
+        weight = self.rng.standard_normal((fan_out, fan_in)) * np.sqrt(gain / fan_in)
+        return self.node("Gemm", [x, self.const(f"{name}.weight", weight),
+                                  self.const(f"{name}.bias", self.rng.standard_normal(fan_out) * 0.05)], transB=1)
+
+    def model(self, graph_name: str, input_name: str, input_shape: Sequence[int | str],
+              output_shape: Sequence[int | str], doc: str) -> onnx.ModelProto:
+        """The checked model; the last node's output becomes the graph output "output"."""
+        import onnx
+        from onnx import TensorProto
+
+        helper = self.helper
+        self.nodes[-1].output[0] = "output"
+        graph = helper.make_graph(self.nodes, graph_name,
+                                  [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
+                                  [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(output_shape))],
+                                  initializer=self.initializers, doc_string=doc)
+        model = helper.make_model(graph, producer_name="emudev userspace.demo.models",
+                                  opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def mlp(batch: int = 1, features: int = 256, hidden: Sequence[int] = (512, 256), classes: int = 10,
+        seed: int = 1) -> onnx.ModelProto:
+    """Gemm → Relu layers then Gemm → Softmax: the matrix-multiply path of the device alone."""
+    b = _Builder(seed)
+    x, width = "input", features
+    for size in hidden:
+        x = b.node("Relu", [b.gemm(x, width, size)])
+        width = size
+    b.node("Softmax", [b.gemm(x, width, classes, gain=1.0)], axis=1)
+    return b.model("mlp", "input", [batch, features], [batch, classes],
+                   f"MLP {features}-{'-'.join(map(str, hidden))}-{classes}, random weights")
+
+
+def resnet(batch: int = 1, size: int = 64, widths: Sequence[int] = (16, 32, 64), classes: int = 10,
+           seed: int = 2) -> onnx.ModelProto:
+    """A small ResNet: stem, then per width a stride-2 transition (but the first) and a basic residual block.
+
+    Basic block: Conv3x3 → BN → Relu → Conv3x3 → BN → Add(identity) → Relu, as in ResNet-18;
+    GlobalAveragePool → Flatten → Gemm → Softmax at the end.
+    """
+    b = _Builder(seed)
+    x = b.node("Relu", [b.batchnorm(b.conv("input", 3, widths[0], bias=False), widths[0])])
+    channels = widths[0]
+    for index, width in enumerate(widths):
+        if index:
+            x = b.node("Relu", [b.batchnorm(b.conv(x, channels, width, stride=2, bias=False), width)])
+            channels = width
+        y = b.node("Relu", [b.batchnorm(b.conv(x, channels, channels, bias=False), channels)])
+        y = b.batchnorm(b.conv(y, channels, channels, bias=False), channels)
+        x = b.node("Relu", [b.node("Add", [y, x])])
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    b.node("Softmax", [b.gemm(x, channels, classes, gain=1.0)], axis=1)
+    return b.model("resnet", "input", [batch, 3, size, size], [batch, classes],
+                   f"ResNet-ish CNN on {size}x{size} RGB, widths {list(widths)}, random weights")
+
+
+def tiny(batch: int = 2, seed: int = 3) -> onnx.ModelProto:
+    """Conv → Relu → GlobalAveragePool → Flatten → Gemm → Softmax on 1x3x8x8: a model that compiles in a blink."""
+    b = _Builder(seed)
+    x = b.node("Relu", [b.conv("input", 3, 4)])
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    b.node("Softmax", [b.gemm(x, 4, 5, gain=1.0)], axis=1)
+    return b.model("tiny", "input", [batch, 3, 8, 8], [batch, 5], "tiny CNN for tests, random weights")
