@@ -45,11 +45,6 @@ class AccelFile(OpenFile):
     def __init__(self, file: DrmFile, dispatcher: DrmDispatcher) -> None:
         self.file = file
         self.dispatcher = dispatcher
-        # BOs this file's mappings have touched. The kernel's vma holds its BO until munmap;
-        # FUSE tells us of no munmap, only of the last close after it, so the reference
-        # lasts until then: a mapping outlives the handle, as with a real driver.
-        self._mapped: dict[int, GemObject] = {}
-        self._mapped_lock = threading.Lock()
 
     def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult | Deferred:
         outcome = self.dispatcher.dispatch(self.file, cmd, in_data, UserMemory(req.pid))
@@ -58,17 +53,10 @@ class AccelFile(OpenFile):
         return defer(req, outcome, self.file.device.mount.pending if self.file.device.mount else None)
 
     def _accessible(self, offset: int) -> tuple[GemObject, int]:
-        """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible; once
-        mapped, it stays so for the file's mappings."""
+        """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible."""
         found = self.file.device.gem.offsets.find(offset)
-        if found is None:
-            raise OSError(errno.EINVAL, "no BO at that offset")
-        obj = found[0]
-        with self._mapped_lock:
-            if obj.id not in self._mapped:
-                if not self.file.vm.address_of(obj):
-                    raise OSError(errno.EINVAL, "no BO of this file at that offset")
-                self._mapped[obj.id] = obj.get("mmap")
+        if found is None or not self.file.vm.address_of(found[0]):
+            raise OSError(errno.EINVAL, "no BO of this file at that offset")
         return found
 
     def read(self, req: Request, offset: int, size: int) -> bytes:
@@ -92,10 +80,6 @@ class AccelFile(OpenFile):
         release_contexts(self.file)
         release_file(self.file)
         release_syncobjs(self.file)
-        with self._mapped_lock:
-            mapped, self._mapped = list(self._mapped.values()), {}
-        for obj in mapped:
-            obj.put("mmap")
         self.file.device.release_file(self.file)
         log.debug("%s: file %d of pid %d closed", self.file.device.name, self.file.id, self.file.client.tgid)
         if check.active is not None:
