@@ -70,6 +70,14 @@ def timeline(mount):
         yield tl
 
 
+@pytest.fixture
+def own_dev(emudev_mount):
+    """A device of its own, for tests that break the fence-order rules on purpose and check
+    that the checker says so."""
+    with Device(emudev_mount.node(0)) as d:
+        yield d, emudev_mount
+
+
 # --- raw ioctls ------------------------------------------------------------------------------
 
 
@@ -712,7 +720,9 @@ def test_timeline_wait(mount, dev, timeline):
     assert ioctl_errno(lambda: raw.timeline_wait([u], [6])) == errno.ETIME
 
 
-def test_timeline_points_are_64_bit(dev):
+@pytest.mark.emudev(violations_expected=True)
+def test_timeline_points_are_64_bit(own_dev):
+    dev, mount = own_dev
     raw = Raw(dev)
     t = raw.create()
     big = (1 << 32) + 1
@@ -724,6 +734,7 @@ def test_timeline_points_are_64_bit(dev):
     raw.timeline_signal([t], [2])  # before 2**32 + 1: out of order, not a point after 1
     assert raw.query([t], LAST_SUBMITTED) == [big]
     assert ioctl_errno(lambda: raw.timeline_wait([t], [big + 1])) == errno.EINVAL
+    assert "timeline point 2 added to syncobj" in mount.violations()
 
 
 def test_timeline_signal(dev):
@@ -745,7 +756,15 @@ def test_timeline_signal(dev):
     assert raw.query([c, d], LAST_SUBMITTED) == [0, 0]
 
 
-def test_query(dev, timeline):
+@pytest.mark.emudev(violations_expected=True)
+def test_query(own_dev):
+    dev, mount = own_dev
+    with SwSyncTimeline(mount.mountpoint) as timeline:
+        _query(dev, timeline)
+    assert "went back from point 2 to 0" in mount.violations()
+
+
+def _query(dev, timeline):
     raw = Raw(dev)
     empty, binary, t = raw.create(), raw.create(SIGNALED), raw.create()
     assert ioctl_errno(lambda: raw.query([t], flags=2)) == errno.EINVAL
