@@ -5,6 +5,10 @@ dependencies have signalled. Among ready heads the highest priority wins, and wi
 a priority the file that has used the device least (fairness between files). A job
 that runs past the timeout is failed with ETIME and the engines are reset; its
 context is banned, and what it still had queued is cancelled with ECANCELED.
+
+The scheduler has no thread of its own: whoever makes a job runnable (SUBMIT, a
+dependency's signal, the end of the previous job) starts it, and the engine thread
+that finishes a job signals its fence. An empty job completes inside SUBMIT.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import errno
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from emudev import check
 from emudev.driver.fault_inject import FaultInjection
@@ -37,47 +42,62 @@ class FaultRecord:
     fault: Fault
 
 
+@dataclass(eq=False)
+class _OnRing:
+    """The job on the ring. Whoever takes `owner` ends it: the last engine, the timeout or
+    the unplug; the ring frees only when the engines are done with it (the reset)."""
+
+    job: Job
+    run: JobRun | None = None
+    owner: threading.Lock = field(default_factory=threading.Lock)
+    cancel_timeout: Callable[[], None] = lambda: None
+
+
 class Scheduler:
     def __init__(self, device_name: str, timeout_ms: int, inject: FaultInjection) -> None:
         self.device_name = device_name
-        self.timeout_s = timeout_ms / 1000
+        self.timeout_ns = timeout_ms * 1_000_000
         self.inject = inject
-        self.streamer = CommandStreamer(device_name, timeout_ms * 1_000_000 // 2, inject)
+        self.streamer = CommandStreamer(device_name, self.timeout_ns // 2, inject)
         self.faults: deque[FaultRecord] = deque(maxlen=FAULT_LOG)
         self.completed = 0
         self.failed = 0
-        self.running: Job | None = None
-        self._current: JobRun | None = None
+        self._ring: _OnRing | None = None
         self._active: list[Context] = []
         self._usage: dict[int, int] = {}
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._dispatching = False
+        self._again = False
         self._stopped = False
+
+    @property
+    def running(self) -> Job | None:
+        ring = self._ring
+        return ring.job if ring is not None else None
 
     # -- queueing -----------------------------------------------------------------------
 
     def push(self, job: Job) -> None:
-        with self._cond:
+        with self._lock:
             if self._stopped:
-                job.retire(-errno.ENODEV)
-                return
-            context = job.context
-            context.queue.append(job)
-            if context not in self._active:
-                self._active.append(context)
-                self._usage.setdefault(context.file.id, min(self._usage.values(), default=0))
-            self._ensure_thread()
-        removers = when_all(job.dependencies, self._kick)
+                stopped = True
+            else:
+                stopped = False
+                context = job.context
+                context.queue.append(job)
+                if context not in self._active:
+                    self._active.append(context)
+                    self._usage.setdefault(context.file.id, min(self._usage.values(), default=0))
+        if stopped:
+            job.retire(-errno.ENODEV)
+            return
+        removers = when_all(job.dependencies, self._dispatch)
         job.on_retire(lambda: [remove() for remove in removers])
-        self._kick()
-
-    def _kick(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        self._dispatch()
 
     def cancel(self, context: Context, error: int) -> None:
         """Fail everything `context` has queued (not the running job) with `error`."""
-        with self._cond:
+        with self._lock:
             jobs = list(context.queue)
             context.queue.clear()
             if context in self._active:
@@ -86,15 +106,10 @@ class Scheduler:
             job.retire(error)
 
     def queued(self) -> int:
-        with self._cond:
+        with self._lock:
             return sum(len(c.queue) for c in self._active)
 
     # -- the ring -----------------------------------------------------------------------
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name=f"{self.device_name}-sched", daemon=True)
-            self._thread.start()
 
     def _pick(self) -> Job | None:
         ready = [c for c in self._active if c.queue and c.queue[0].ready]
@@ -106,63 +121,67 @@ class Scheduler:
             self._active.remove(best)
         return job
 
-    def _main(self) -> None:
+    def _dispatch(self, *_: object) -> None:
+        """Put the next ready job on a free ring. One caller at a time does the work; a call
+        that arrives meanwhile makes it look again, so completions inside a start (empty
+        jobs) loop here instead of recursing."""
+        with self._lock:
+            if self._dispatching:
+                self._again = True
+                return
+            self._dispatching = True
         while True:
-            with self._cond:
-                while not self._stopped and (job := self._pick()) is None:
-                    self._cond.wait()
-                if self._stopped:
+            with self._lock:
+                self._again = False
+                job = None if self._stopped or self._ring is not None else self._pick()
+                if job is not None:
+                    self._ring = ring = _OnRing(job)
+                elif not self._again:
+                    self._dispatching = False
                     return
-                self.running = job
-            try:
-                self._run(job)
-            finally:
-                with self._cond:
-                    self.running = self._current = None
+            if job is not None:
+                self._start(ring)
 
-    def _run(self, job: Job) -> None:
+    def _start(self, ring: _OnRing) -> None:
+        job = ring.job
         error = -errno.ECANCELED if job.context.banned else job.dependency_error()
         if error:
+            ring.owner.acquire()
             self._finish(job, error)
+            self._free_ring()
             return
         if check.active is not None:
             check.active.job_starting(job)
         job.state = JobState.RUNNING
         job.start_ns = now_ns()
         if check.active is not None:
-            check.active.job_started(job, int(self.timeout_s * 1e9))
-        done = threading.Event()
-        owner = threading.Lock()  # whoever takes it ends the job: the last engine, or the timeout
+            check.active.job_started(job, self.timeout_ns)
+        ring.cancel_timeout = deadlines.at(job.start_ns + self.timeout_ns, lambda: self._time_out(ring))
+        ring.run = self.streamer.start(job, lambda run: self._engines_done(ring, run))
 
-        def engines_done(run: JobRun) -> None:
-            """On the engine thread that finished last: signalling here saves a thread hop."""
-            if owner.acquire(blocking=False):
-                if run.fault is not None:
-                    job.fault = run.fault
-                    self._record_fault(job, run.fault)
-                self._finish(job, run.error)
-            done.set()
+    def _engines_done(self, ring: _OnRing, run: JobRun) -> None:
+        """On the engine thread that finished last: signalling here saves a thread hop."""
+        ring.cancel_timeout()
+        if ring.owner.acquire(blocking=False):
+            if run.fault is not None:
+                ring.job.fault = run.fault
+                self._record_fault(ring.job, run.fault)
+            self._finish(ring.job, run.error)
+        self._free_ring()
 
-        run = self._current = self.streamer.start(job, engines_done)
-        if not done.wait(self.timeout_s) and owner.acquire(blocking=False):
-            self._time_out(job, run)
-        done.wait()  # after a timeout, the reset: engines drop the job after the packet they are in
+    def _free_ring(self) -> None:
+        with self._lock:
+            self._ring = None
+        self._dispatch()
 
-    def _charge(self, job: Job) -> None:
-        """Count the job's time against its file, but never more than MAX_LEAD_NS ahead of the
-        least-served other active file: a job preempted on a busy host must not make its file
-        wait for everyone else to catch up."""
-        file_id = job.context.file.id
-        with self._cond:
-            charged = self._usage.get(file_id, 0) + now_ns() - job.start_ns
-            floor = min((self._usage.get(c.file.id, 0) for c in self._active if c.file.id != file_id),
-                        default=charged)
-            self._usage[file_id] = min(charged, floor + MAX_LEAD_NS)
-
-    def _time_out(self, job: Job, run: JobRun) -> None:
-        log.warning("%s: %s timed out after %.0f ms; resetting the engines, banning its context",
-                    self.device_name, job.describe(), self.timeout_s * 1000)
-        run.abort(-errno.ETIME)
+    def _time_out(self, ring: _OnRing) -> None:
+        if not ring.owner.acquire(blocking=False):
+            return
+        job = ring.job
+        log.warning("%s: %s timed out after %d ms; resetting the engines, banning its context",
+                    self.device_name, job.describe(), self.timeout_ns // 1_000_000)
+        if ring.run is not None:
+            ring.run.abort(-errno.ETIME)
         self.streamer.wake_semaphore_waiters()
         job.context.banned = True
         self._finish(job, -errno.ETIME)
@@ -192,20 +211,29 @@ class Scheduler:
         if check.active is not None:
             check.active.job_finished(job)
 
+    def _charge(self, job: Job) -> None:
+        """Count the job's time against its file, but never more than MAX_LEAD_NS ahead of the
+        least-served other active file: a job preempted on a busy host must not make its file
+        wait for everyone else to catch up."""
+        file_id = job.context.file.id
+        with self._lock:
+            charged = self._usage.get(file_id, 0) + now_ns() - job.start_ns
+            floor = min((self._usage.get(c.file.id, 0) for c in self._active if c.file.id != file_id),
+                        default=charged)
+            self._usage[file_id] = min(charged, floor + MAX_LEAD_NS)
+
     # -- the device going away ---------------------------------------------------------
 
     def unplug(self) -> None:
         """Every pending fence signals ENODEV; the running job is stopped."""
-        with self._cond:
+        with self._lock:
             self._stopped = True
             contexts = list(self._active)
-            running = self.running
-            self._cond.notify_all()
+            ring = self._ring
         for context in contexts:
             self.cancel(context, -errno.ENODEV)
-        if running is not None:
-            running.retire(-errno.ENODEV)
-        run = self._current
-        if run is not None:
-            run.abort(-errno.ENODEV)
+        if ring is not None and ring.owner.acquire(blocking=False):
+            if ring.run is not None:
+                ring.run.abort(-errno.ENODEV)
             self.streamer.wake_semaphore_waiters()
+            self._retire(ring.job, -errno.ENODEV)

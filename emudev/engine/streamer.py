@@ -221,7 +221,8 @@ class CommandStreamer:
     def start(self, job: Job, on_done: Callable[[JobRun], None]) -> JobRun:
         queues: defaultdict[int, list[Step]] = defaultdict(list)
         for step in job.program.steps:
-            queues[SERIAL if self.inject.rng is not None else step.engine].append(step)
+            if step.name != "NOP":  # nothing to do, so no engine to wake for it
+                queues[SERIAL if self.inject.rng is not None else step.engine].append(step)
         run = JobRun(job, len(queues), on_done)
         if not queues:
             on_done(run)

@@ -33,7 +33,8 @@ class DeadlineTimer:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == key:  # only an earlier deadline changes how long the thread sleeps
+                self._cond.notify()
 
         def cancel() -> None:
             with self._cond:
