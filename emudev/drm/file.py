@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 from emudev.drm.cpu_view import CpuView
-from emudev.engine.context import ContextTable
 from emudev.engine.vm import AddressSpace
 from emudev.gem.handles import HandleTable
 
@@ -85,7 +84,7 @@ class DrmFile:
     prime: dict = field(default_factory=dict)
     prime_handles: dict = field(default_factory=dict)
     vm: AddressSpace = field(default_factory=AddressSpace)
-    contexts: ContextTable = field(default_factory=ContextTable)
+    contexts: HandleTable = field(default_factory=HandleTable)  # of engine Contexts, by id
     cpu_view: CpuView = field(default_factory=lambda: CpuView(None))
     opened_at: float = field(default_factory=time.monotonic)
     ioctl_count: int = 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import itertools
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,29 +36,9 @@ class Context:
             self.history.popitem(last=False)
 
 
-class ContextTable:
-    """A file's contexts by id (never 0, lowest free first, like the kernel's idr)."""
-
-    def __init__(self) -> None:
-        self._contexts: dict[int, Context] = {}
-        self._lock = threading.Lock()
-
-    def create(self, file: DrmFile, priority: int) -> Context:
-        with self._lock:
-            ctx_id = next(i for i in itertools.count(1) if i not in self._contexts)
-            timeline = FenceContext("emudev", f"{file.device.name}-ctx{ctx_id}-file{file.id}")
-            context = Context(ctx_id, file, priority, timeline)
-            self._contexts[ctx_id] = context
-            return context
-
-    def lookup(self, ctx_id: int) -> Context | None:
-        with self._lock:
-            return self._contexts.get(ctx_id)
-
-    def remove(self, ctx_id: int) -> Context | None:
-        with self._lock:
-            return self._contexts.pop(ctx_id, None)
-
-    def all(self) -> list[Context]:
-        with self._lock:
-            return list(self._contexts.values())
+def create_context(file: DrmFile, priority: int) -> Context:
+    """A new context in `file`, at the lowest free id (never 0), as the kernel's idr hands out."""
+    context = Context(0, file, priority, FenceContext("emudev", ""))
+    context.id = file.contexts.insert(context)
+    context.timeline.timeline_name = f"{file.device.name}-ctx{context.id}-file{file.id}"
+    return context

@@ -17,7 +17,7 @@ from emudev import check
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
-from emudev.engine.context import Context
+from emudev.engine.context import Context, create_context
 from emudev.engine.job import Job
 from emudev.engine.validate import build_program
 from emudev.gem.gem import lookup
@@ -44,7 +44,7 @@ def ctx_create(file: DrmFile, args: defs.drm_emudev_ctx_create, user: UserMemory
         raise OSError(errno.EINVAL, "flags and pad must be zero")
     if args.priority == defs.DRM_EMUDEV_PRIORITY_HIGH and not file.client.cap_sys_nice:
         raise OSError(errno.EACCES, "high priority needs CAP_SYS_NICE")
-    args.ctx_id = file.contexts.create(file, args.priority).id
+    args.ctx_id = create_context(file, args.priority).id
     return 0
 
 
@@ -66,8 +66,7 @@ def _close(context: Context) -> None:
 
 def release_file(file: DrmFile) -> None:
     """A closed file's queued jobs are cancelled; a running one finishes on its own."""
-    for context in file.contexts.all():
-        file.contexts.remove(context.id)
+    for context in file.contexts.drain():
         _close(context)
 
 

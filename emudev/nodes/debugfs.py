@@ -76,7 +76,7 @@ def engines_text(device: DrmDevice) -> str:
         lines.append(f"{name:>6} {busy / 1e6:>10.1f} {engine.packets if engine else 0:>8}  {by_file}")
     lines.append(f"{'file':>6} {'ctx':>4} {'prio':>4} {'queued':>6} {'submitted':>9} {'banned':>6}")
     for file in sorted(device.files(), key=lambda f: f.id):
-        for ctx in sorted(file.contexts.all(), key=lambda c: c.id):
+        for _, ctx in sorted(file.contexts.items()):
             lines.append(f"{file.id:>6} {ctx.id:>4} {ctx.priority:>4} {len(ctx.queue):>6} {ctx.submitted:>9} "
                          f"{'yes' if ctx.banned else 'no':>6}")
     running = sched.running

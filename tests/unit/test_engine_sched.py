@@ -12,7 +12,7 @@ import pytest
 from emudev.driver.drv import create_devices
 from emudev.drm.device import DeviceConfig
 from emudev.drm.file import ClientIdentity
-from emudev.engine.context import Context
+from emudev.engine.context import Context, create_context
 from emudev.engine.job import Job
 from emudev.engine.program import Program
 from emudev.sync.fence import DmaFence, new_context
@@ -56,8 +56,8 @@ def started_order(jobs: list[Job]) -> list[Job]:
 
 def test_higher_priority_runs_first_once_ready(device):
     file = device.open_file(ME)
-    low = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_LOW)
-    high = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_HIGH)
+    low = create_context(file, defs.DRM_EMUDEV_PRIORITY_LOW)
+    high = create_context(file, defs.DRM_EMUDEV_PRIORITY_HIGH)
     g = gate()
     jobs = push_all(device, [job(low, g), job(low, g), job(high, g), job(high, g)])
     g.signal()
@@ -68,8 +68,8 @@ def test_higher_priority_runs_first_once_ready(device):
 def test_files_share_the_ring_fairly(device):
     """A file with a long queue does not starve one with a short queue."""
     greedy_file, modest_file = device.open_file(ME), device.open_file(ME)
-    greedy = greedy_file.contexts.create(greedy_file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
-    modest = modest_file.contexts.create(modest_file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    greedy = create_context(greedy_file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    modest = create_context(modest_file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
     g = gate()
     jobs = push_all(device, [job(greedy, g) for _ in range(6)] + [job(modest, g) for _ in range(2)])
     g.signal()
@@ -80,7 +80,7 @@ def test_files_share_the_ring_fairly(device):
 
 def test_a_context_runs_its_jobs_in_order_even_when_later_ones_are_ready(device):
     file = device.open_file(ME)
-    ctx = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    ctx = create_context(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
     g = gate()
     first, second = push_all(device, [job(ctx, g), job(ctx)])
     assert not second.fence.signaled
@@ -91,7 +91,7 @@ def test_a_context_runs_its_jobs_in_order_even_when_later_ones_are_ready(device)
 
 def test_a_failed_dependency_is_carried_on_and_the_job_never_runs(device):
     file = device.open_file(ME)
-    ctx = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    ctx = create_context(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
     g = gate()
     (j,) = push_all(device, [job(ctx, g)])
     g.signal(-errno.EIO)
@@ -101,8 +101,8 @@ def test_a_failed_dependency_is_carried_on_and_the_job_never_runs(device):
 
 def test_cancel_and_unplug_signal_what_is_queued(device):
     file = device.open_file(ME)
-    ctx = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
-    other = file.contexts.create(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    ctx = create_context(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    other = create_context(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
     g = gate()
     cancelled = push_all(device, [job(ctx, g), job(ctx, g)])
     unplugged = push_all(device, [job(other, g)])
