@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup run test lint uapi bench clean
+.PHONY: setup run test lint uapi uapi-coverage bench clean
 
 setup:
 	@scripts/setup.sh
@@ -10,8 +10,14 @@ setup:
 run: setup
 	@scripts/run.sh
 
+# The suite, with every daemon it starts recording the uapi its clients use, then the uapi
+# coverage gate on what they recorded (reported even when a test failed).
+COVERAGE_DIR := build/uapi-coverage
+
 test: setup lint
-	$(PY) -m pytest -q tests
+	rm -rf $(COVERAGE_DIR)
+	EMUDEV_COVERAGE=$(CURDIR)/$(COVERAGE_DIR) $(PY) -m pytest -q -p no:cacheprovider tests; \
+	status=$$?; $(PY) -m emudev.uapi.coverage $(COVERAGE_DIR) && exit $$status
 
 lint: setup
 	$(PY) -m ruff check emudev userspace tests benchmarks examples
@@ -20,6 +26,10 @@ lint: setup
 
 uapi: setup
 	$(PY) -m emudev.uapi.gen
+
+# The coverage gate alone, on what the last `make test` recorded.
+uapi-coverage: setup
+	$(PY) -m emudev.uapi.coverage $(COVERAGE_DIR)
 
 bench: setup
 	$(PY) -m benchmarks

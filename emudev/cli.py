@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="deterministic scheduling: engines interleaved one packet at a time by a seeded RNG")
     m.add_argument("--check", action="store_true",
                    help="run the fence-order, deadlock and race checkers; findings in MOUNT/debug/checks")
+    m.add_argument("--coverage", metavar="FILE|DIR",
+                   help="record the uapi the clients use into FILE, or a file of the daemon's own in DIR "
+                        "(python -m emudev.uapi.coverage compares it with the uapi)")
     m.add_argument("--workers", type=int, default=2, help="FUSE request threads (default 2)")
     m.add_argument("--foreground", action="store_true", help="do not daemonise; log to stderr")
     m.add_argument("--log", help="daemon log file (default /tmp/emudev-<pid>.log when daemonised)")
@@ -85,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--devices", type=_positive_int, default=1)
     e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the client program and its arguments")
     e.set_defaults(func=cmd_explore)
+    from emudev.trace.cli import add_commands  # trace, record, replay
+
+    add_commands(sub)
     return p
 
 
@@ -120,7 +126,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     log_path = args.log or ("" if args.foreground else f"/tmp/emudev-{os.getpid()}.log")
     device = DeviceConfig(memory_size=args.memory, job_timeout_ms=args.job_timeout, sched_seed=args.sched_seed)
     config = DaemonConfig(mountpoint=mountpoint, devices=args.devices, workers=args.workers, device=device,
-                          log_path=log_path, passthrough=args.passthrough, check=args.check)
+                          log_path=log_path, passthrough=args.passthrough, check=args.check,
+                          coverage=os.path.abspath(args.coverage) if args.coverage else "")
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
         _setup_logging(level, log_path)

@@ -40,6 +40,9 @@ from emudev.nodes.services import MountServices
 from emudev.nodes.tickets import TicketDirectory
 from emudev.nodes.tree import DeviceFile, InodeTable, OpenFile, text_file
 from emudev.sync import sw_sync
+from emudev.trace.coverage import CoverageRecorder
+from emudev.trace.reader import trace_file
+from emudev.trace.tracer import Tracer
 
 log = logging.getLogger("emudev.daemon")
 
@@ -53,6 +56,7 @@ class DaemonConfig:
     log_path: str = ""
     passthrough: bool = True
     check: bool = False
+    coverage: str = ""  # record the uapi used into this file, or into a file of its own in this directory
 
 
 class MountTree:
@@ -69,6 +73,8 @@ class MountTree:
         self.services: MountServices | None = None
         debug_dir = self.inodes.mkdir(self.inodes.root, "debug")
         self.inodes.add(debug_dir, text_file("daemon", lambda: daemon_text(info, devices)))
+        self.tracer = Tracer()
+        self.inodes.add(debug_dir, trace_file(self.tracer, lambda: self.services))
         if check.active is not None:
             checker = check.active
             self.inodes.add(debug_dir, text_file("checks", checker.text))
@@ -111,6 +117,8 @@ class Daemon:
         info = DaemonInfo(self.mountpoint, time.monotonic(), config.log_path, config.workers)
         self.session: fuse.Session | None = None
         self.tree = MountTree(self.devices, info, invalidate=self._invalidator)
+        if config.coverage:
+            self.tree.tracer.record_coverage(CoverageRecorder(config.coverage))
         self.fs = NodeFs(self.tree.inodes)
         self._stopping = threading.Event()
 

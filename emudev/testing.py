@@ -23,10 +23,21 @@ from emudev import fuse
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+COVERAGE_ENV = "EMUDEV_COVERAGE"
 
 
 class DaemonStartError(RuntimeError):
     pass
+
+
+def _coverage_args() -> list[str]:
+    """With EMUDEV_COVERAGE=DIR, every daemon writes the uapi its clients used into a file of
+    its own in DIR, for the coverage gate (make uapi-coverage)."""
+    directory = os.environ.get(COVERAGE_ENV)
+    if not directory:
+        return []
+    os.makedirs(directory, exist_ok=True)
+    return ["--coverage", os.path.abspath(directory)]
 
 
 class MountedEmudev:
@@ -75,7 +86,7 @@ class MountedEmudev:
 
     def start(self) -> MountedEmudev:
         cmd = [sys.executable, "-m", "emudev", "mount", self.mountpoint, "--foreground",
-               *(["--check"] if self.check else []),
+               *(["--check"] if self.check else []), *_coverage_args(),
                "--devices", str(self.devices), "--log", self.log_path, *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)

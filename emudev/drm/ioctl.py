@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from emudev import check
+from emudev import check, trace
 from emudev.drm.completion import Completion
 from emudev.drm.file import DrmFile
 from emudev.drm.usermem import UserMemory
@@ -105,7 +105,15 @@ class DrmDispatcher:
         return table.get(nr)
 
     def dispatch(self, file: DrmFile, cmd: int, in_data: bytes | memoryview, user: UserMemory) -> IoctlOutcome:
-        """Run one ioctl as drm_ioctl() would; never raises for bad input.
+        """Run one ioctl as drm_ioctl() would; never raises for bad input. Traced while
+        someone traces (`emudev trace`) or records coverage: otherwise one test is all it costs."""
+        tracer = trace.active
+        if tracer is not None:
+            return tracer.drm_ioctl(self._dispatch, file, cmd, in_data, user)
+        return self._dispatch(file, cmd, in_data, user)
+
+    def _dispatch(self, file: DrmFile, cmd: int, in_data: bytes | memoryview, user: UserMemory) -> IoctlOutcome:
+        """drm_ioctl() itself.
 
         The handler works on `kdata` in place, so bytes the caller sent beyond the
         kernel's struct come back unchanged, as with the kernel's kdata buffer.
@@ -178,6 +186,13 @@ class CommandTable:
     def dispatch(self, owner: object, cmd: int, arg: int, in_data: bytes | memoryview,
                  user: UserMemory) -> IoctlOutcome:
         """`arg` is the raw ioctl argument, which by-value requests (DMA_BUF_SET_NAME) use as is."""
+        tracer = trace.active
+        if tracer is not None:
+            return tracer.command_ioctl(self._dispatch, owner, cmd, arg, in_data, user)
+        return self._dispatch(owner, cmd, arg, in_data, user)
+
+    def _dispatch(self, owner: object, cmd: int, arg: int, in_data: bytes | memoryview,
+                  user: UserMemory) -> IoctlOutcome:
         entry = self._entries.get(cmd)
         if entry is None:
             return IoctlOutcome(-errno.ENOTTY, b"")

@@ -13,7 +13,7 @@ import errno
 import struct
 from dataclasses import dataclass
 
-from emudev import check
+from emudev import check, trace
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
@@ -147,7 +147,10 @@ def submit(file: DrmFile, args: defs.drm_emudev_submit, user: UserMemory) -> int
     uses = _bos(file, args, user)
     in_syncs = _syncs(file, user, args.in_syncs, args.in_sync_count, args.sync_stride)
     out_syncs = _syncs(file, user, args.out_syncs, args.out_sync_count, args.sync_stride)
-    program = build_program(_stream(file, args), file.vm)
+    stream = _stream(file, args)
+    if (tracer := trace.active) is not None:  # emudev trace, replay and coverage see the stream read
+        tracer.command_stream(stream)
+    program = build_program(stream, file.vm)
     dependencies = _in_fences(in_syncs)
     if not args.flags & defs.DRM_EMUDEV_SUBMIT_NO_IMPLICIT:
         dependencies += _implicit_fences(uses)

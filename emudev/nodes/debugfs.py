@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from emudev import trace
 from emudev.driver.fault_inject import InjectError
 from emudev.drm.device import DrmDevice
 from emudev.engine.program import ENGINE_NAMES
@@ -109,6 +110,7 @@ def daemon_text(info: DaemonInfo, devices: Sequence[DrmDevice]) -> str:
         "clients": sum(len(d.files()) for d in devices),
         "workers": info.workers,
         "log": info.log_path,
+        "trace": tracer.describe() if (tracer := trace.active) is not None else "off",
     }
     return "".join(f"{k}: {v}\n" for k, v in rows.items())
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from emudev import trace
 from emudev.fuse import Attr, DirEntry, Entry, IoctlResult, Opened, Operations, Request, StatFs
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, Node, OpenFile, Symlink
 
@@ -96,6 +97,8 @@ class NodeFs(Operations):
         fh = next(self._fh)
         with self._lock:
             self._open[fh] = opened
+        if (tracer := trace.active) is not None:
+            tracer.file_opened(req, node, opened, fh, flags)
         return Opened(fh=fh, direct_io=opened.direct_io, keep_cache=opened.keep_cache,
                       passthrough_backing_id=opened.backing_id)
 
@@ -106,17 +109,26 @@ class NodeFs(Operations):
         return opened
 
     def read(self, req: Request, nodeid: int, fh: int, offset: int, size: int) -> bytes:
-        return self._file(fh).read(req, offset, size)
+        file = self._file(fh)
+        if (tracer := trace.active) is not None:
+            return tracer.page_io("read", req, fh, offset, size, lambda: file.read(req, offset, size))
+        return file.read(req, offset, size)
 
     def write(self, req: Request, nodeid: int, fh: int, offset: int, data: memoryview) -> int:
-        return self._file(fh).write(req, offset, data)
+        file = self._file(fh)
+        if (tracer := trace.active) is not None:
+            return tracer.page_io("write", req, fh, offset, len(data), lambda: file.write(req, offset, data))
+        return file.write(req, offset, data)
 
     def ioctl(self, req: Request, nodeid: int, fh: int, cmd: int, arg: int, in_data: memoryview,
               out_size: int, flags: int) -> IoctlResult:
         return self._file(fh).ioctl(req, cmd, arg, in_data, out_size)
 
     def poll(self, req: Request, nodeid: int, fh: int, kh: int | None, flags: int, events: int) -> int:
-        return self._file(fh).poll(req, kh, events)
+        revents = self._file(fh).poll(req, kh, events)
+        if (tracer := trace.active) is not None:
+            tracer.polled(req, fh, events, revents)
+        return revents
 
     def flush(self, req: Request, nodeid: int, fh: int, lock_owner: int) -> None:
         """Nothing is buffered per close(); release does the work."""
@@ -128,4 +140,6 @@ class NodeFs(Operations):
         with self._lock:
             opened = self._open.pop(fh, None)
         if opened is not None:
+            if (tracer := trace.active) is not None:
+                tracer.file_released(fh)
             opened.release()

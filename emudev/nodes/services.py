@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from emudev import trace
 from emudev.drm.cpu_view import Invalidate
 from emudev.drm.userfd import caller_fd_info
 from emudev.gem.dmabuf import DmaBufRegistry
@@ -41,11 +42,19 @@ class MountServices:
         get()
         ticket = self.tickets.issue(caller_pid, target, lambda req, flags: opener(ticket.node.ino), size,
                                     writable, release=put)
+        if (tracer := trace.active) is not None:
+            tracer.fd_issued(ticket.value, target)
         return ticket.value
 
     def identify(self, pid: int, fd: int) -> object | None:
         """The object (dma-buf, syncobj, sync_file) behind the caller's descriptor, or None;
         EBADF if the caller has no such descriptor."""
+        target = self._identify(pid, fd)
+        if (tracer := trace.active) is not None:
+            tracer.fd_identified(fd, target)
+        return target
+
+    def _identify(self, pid: int, fd: int) -> object | None:
         fields = caller_fd_info(pid, fd)
         if int(fields.get("mnt_id", -1)) != self.mount_id:
             return None
