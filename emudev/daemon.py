@@ -152,12 +152,13 @@ class Daemon:
         session = self.session = fuse.Session(fd, self.fs, workers=self.config.workers,
                                               passthrough=root and self.config.passthrough, max_readahead=0)
         self._attach_mount(session)
+        # Before the first request: once a node answers, a SIGTERM must unplug, not kill.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stop())
         server = threading.Thread(target=session.serve, name="fuse-serve", daemon=True)
         server.start()
         session.wait_initialised()
         threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: self.stop())
         log.info("serving %d device(s) at %s", len(self.devices), self.mountpoint)
         ready()
         while server.is_alive():
