@@ -72,6 +72,7 @@ class Engine(threading.Thread):
         self.inject = inject
         self.inbox: queue.SimpleQueue[tuple[JobRun, list[Step]] | None] = queue.SimpleQueue()
         self.busy_ns = 0
+        self._waited_ns = 0
         self.sem_grace_ns = sem_grace_ns
         self.busy_by_file: defaultdict[int, int] = defaultdict(int)
         self.packets = 0
@@ -80,10 +81,11 @@ class Engine(threading.Thread):
         while (work := self.inbox.get()) is not None:
             run, steps = work
             started = now_ns()
+            self._waited_ns = 0
             try:
                 self._run_steps(run, steps)
             finally:
-                spent = now_ns() - started
+                spent = now_ns() - started - self._waited_ns  # busy means working, not waiting on a semaphore
                 self.busy_ns += spent
                 self.busy_by_file[run.job.context.file.id] += spent
                 run.engine_finished()
@@ -145,9 +147,11 @@ class Engine(threading.Thread):
                 check.active.semaphore_blocked(
                     run.job, step, (found.obj.id, found.offset), others + later,
                     lambda: not satisfied() and not run.aborted.is_set(), self.sem_grace_ns)
+        blocked = now_ns()
         with self.semaphores:
             while not satisfied() and not run.aborted.is_set():
                 self.semaphores.wait(_SEM_POLL_S)
+        self._waited_ns += now_ns() - blocked
 
     def signal_semaphore(self, run: JobRun, memory: DeviceMemory, p: defs.drm_emudev_pkt_sem_signal) -> None:
         word = memory.word(p.va, np.uint32, write=True)
@@ -233,9 +237,3 @@ class CommandStreamer:
     def wake_semaphore_waiters(self) -> None:
         with self.semaphores:
             self.semaphores.notify_all()
-
-    def stop(self) -> None:
-        with self._lock:
-            engines = list(self.engines.values())
-        for engine in engines:
-            engine.inbox.put(None)
