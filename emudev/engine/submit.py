@@ -150,12 +150,16 @@ def submit(file: DrmFile, args: defs.drm_emudev_submit, user: UserMemory) -> int
     stream = _stream(file, args)
     if (tracer := trace.active) is not None:  # emudev trace, replay and coverage see the stream read
         tracer.command_stream(stream)
-    program = build_program(stream, file.vm)
+    program, addressed = build_program(stream, file.vm)
     dependencies = _in_fences(in_syncs)
     if not args.flags & defs.DRM_EMUDEV_SUBMIT_NO_IMPLICIT:
         dependencies += _implicit_fences(uses)
+    # The listed BOs and every BO a packet addresses stay allocated while the job may run:
+    # one unmapped meanwhile faults the job (its address is gone), it never frees memory
+    # an engine is still computing on.
+    kept = {obj.id: obj for obj in [*(use.obj for use in uses), *addressed]}
     job = Job(context, context.next_seqno(), program, context.timeline.fence(), dependencies,
-              [use.obj.get("job") for use in uses])
+              [obj.get("job") for obj in kept.values()])
     for use in uses:
         use.obj.resv.add(job.fence, Usage.WRITE if use.write else Usage.READ)
     for syncobj, point in out_syncs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from emudev.engine import tensor
 from emudev.engine.ops import bdma as bdma_ops
@@ -19,6 +20,9 @@ from emudev.engine.ops import rubik as rubik_ops
 from emudev.engine.program import Access, Program, Step
 from emudev.engine.vm import AddressSpace
 from emudev.uapi import defs, isa
+
+if TYPE_CHECKING:
+    from emudev.gem.object import GemObject
 
 _INT8 = defs.DRM_EMUDEV_DTYPE_INT8
 _SEMAPHORE_BYTES = 4
@@ -35,16 +39,16 @@ class Invalid(OSError):
 Rule = Callable[[defs.UapiStruct], list[Access]]
 
 
-def build_program(stream: bytes, space: AddressSpace) -> Program:
+def build_program(stream: bytes, space: AddressSpace) -> tuple[Program, list[GemObject]]:
     """Decode and check `stream`; raise Invalid (EINVAL/EFAULT) naming the first bad packet.
+    Returns the program and the BOs its packets address.
 
     What depends only on the bytes is cached, so a command buffer built once and submitted
     again costs only the address checks, which depend on the file's mappings of the moment."""
     program = _decode(stream)
-    for step in program.steps:
-        for access in step.accesses:
-            _check_mapped(space, access, _where(step.index, step.name, step.offset))
-    return program
+    addressed = [_check_mapped(space, access, _where(step.index, step.name, step.offset))
+                 for step in program.steps for access in step.accesses]
+    return program, addressed
 
 
 @functools.lru_cache(maxsize=64)
@@ -78,13 +82,14 @@ def _require(reason: str | None) -> None:
         raise _Reject(reason)
 
 
-def _check_mapped(space: AddressSpace, access: Access, where: str) -> None:
+def _check_mapped(space: AddressSpace, access: Access, where: str) -> GemObject:
     found = space.translate(access.va, access.length)
     if found is None:
         raise Invalid(where, f"{access.what} [{access.va:#x}, +{access.length}) is not inside one mapped BO",
                       errno.EFAULT)
     if access.write and found.obj.flags & defs.DRM_EMUDEV_BO_DEVICE_READ_ONLY:
         raise Invalid(where, f"{access.what} writes BO {found.obj.id}, which is device read-only")
+    return found.obj
 
 
 # -- operands -------------------------------------------------------------------------------

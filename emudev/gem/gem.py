@@ -18,6 +18,7 @@ from emudev.uapi import defs
 
 log = logging.getLogger("emudev.gem")
 
+INT_MAX = (1 << 31) - 1  # idr numbers are ints
 _BO_FLAGS = defs.FLAGSETS["drm_emudev_bo_flags"]
 _PREP_FLAGS = defs.FLAGSETS["drm_emudev_bo_prep_flags"]
 
@@ -51,7 +52,8 @@ def _last_handle_gone(obj: GemObject) -> None:
         obj.device.names.remove(obj.name)
         obj.name = 0
     if obj.dma_buf is not None:
-        obj.dma_buf.put("exporter")
+        obj.dma_buf.put("exporter")  # drm_gem_object_exported_dma_buf_free()
+        obj.dma_buf = None
 
 
 def handle_delete(file: DrmFile, handle: int) -> bool:
@@ -108,6 +110,8 @@ def gem_open(file: DrmFile, args: defs.drm_gem_open, user: UserMemory) -> int:
 @ioctl_handler("DRM_IOCTL_GEM_CHANGE_HANDLE")
 def gem_change_handle(file: DrmFile, args: defs.drm_gem_change_handle, user: UserMemory) -> int:
     """Move a handle to another number (for CRIU restore); ENOSPC if that number is taken."""
+    if args.new_handle > INT_MAX:  # checked first, as the kernel does: idr numbers are ints
+        raise OSError(errno.EINVAL, "new_handle is above INT_MAX")
     obj = lookup(file, args.handle)
     if args.handle == args.new_handle:
         return 0

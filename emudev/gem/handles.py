@@ -3,7 +3,8 @@
 Handles are small integers starting at 1 (0 is never valid), private to one open
 file. Like idr_alloc(idr, obj, 1, 0) the lowest free number is handed out, so a
 closed handle's number comes back; freed numbers wait in a heap so allocation stays
-O(log n) however many handles are live.
+O(log n) however many handles are live. Numbers from `_next` up that are not in use are
+free without being listed, so placing a handle far out (GEM_CHANGE_HANDLE) costs nothing.
 """
 
 from __future__ import annotations
@@ -24,26 +25,26 @@ class HandleTable(Generic[T]):
 
     def insert(self, obj: T) -> int:
         with self._lock:
-            if self._free:
-                handle = heapq.heappop(self._free)
-            else:
-                handle = self._next
-                self._next += 1
+            handle = self._lowest_free()
             self._objects[handle] = obj
             return handle
+
+    def _lowest_free(self) -> int:
+        while self._next in self._objects:
+            self._next += 1
+        # Heap entries taken again by insert_at(), or not below _next (free implicitly), are stale.
+        while self._free and (self._free[0] in self._objects or self._free[0] >= self._next):
+            heapq.heappop(self._free)
+        if self._free:
+            return heapq.heappop(self._free)
+        self._next += 1
+        return self._next - 1
 
     def insert_at(self, handle: int, obj: T) -> bool:
         """Put `obj` at exactly `handle`; False if that number is taken."""
         with self._lock:
             if handle in self._objects:
                 return False
-            if handle in self._free:
-                self._free.remove(handle)
-                heapq.heapify(self._free)
-            while self._next <= handle:
-                if self._next != handle:
-                    heapq.heappush(self._free, self._next)
-                self._next += 1
             self._objects[handle] = obj
             return True
 

@@ -47,7 +47,10 @@ def fd_to_handle(file: DrmFile, args: defs.drm_prime_handle, user: UserMemory) -
     if known is not None:
         args.handle = known
         return 0
-    args.handle = handle_create(file, _import(file, dmabuf))
+    obj = _import(file, dmabuf)
+    args.handle = handle_create(file, obj)
+    if obj.dma_buf is None and dmabuf.obj is obj:
+        obj.dma_buf = dmabuf.get("exporter")  # our own export, cached again as drm_gem_prime_fd_to_handle() does
     file.prime[args.handle] = dmabuf
     file.prime_handles[dmabuf] = args.handle
     return 0

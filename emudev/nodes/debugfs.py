@@ -45,9 +45,11 @@ def gem_objects_text(device: DrmDevice) -> str:
     lines = [f"{'id':>6} {'size':>12} {'handles':>7} {'name':>5} {'exported':>8} {'backed':>6}  holders"]
     objects = gem.live_objects()
     for obj in objects:
-        holders = ",".join(f"{k}:{n}" for k, n in sorted(obj.holders().items()))
+        held = obj.holders()
+        holders = ",".join(f"{k}:{n}" for k, n in sorted(held.items()))
+        exported = obj.dma_buf is not None or "dmabuf" in held  # a dma-buf outlives the handles' cache of it
         lines.append(f"{obj.id:>6} {obj.size:>12} {obj.handle_count:>7} {obj.name:>5} "
-                     f"{'yes' if obj.dma_buf else 'no':>8} {'yes' if obj.memory.allocated else 'no':>6}  {holders}")
+                     f"{'yes' if exported else 'no':>8} {'yes' if obj.memory.allocated else 'no':>6}  {holders}")
     lines.append(f"total: {len(objects)} objects, {sum(o.size for o in objects)} bytes; "
                  f"device memory {gem.memory.used} of {gem.memory.capacity} bytes in use")
     return "\n".join(lines) + "\n"
