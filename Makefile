@@ -36,3 +36,13 @@ bench: setup
 
 clean:
 	rm -rf .venv build benchmarks/build .pytest_cache .ruff_cache
+
+# The uapi fuzzer (emudev/fuzz) for long, random: FUZZ_EXAMPLES examples or FUZZ_SECONDS
+# seconds, whichever comes first; prints calls and errnos per ioctl and every finding.
+# (`make test` runs a short, derandomized version: tests/mounted/test_fuzz_uapi.py.)
+FUZZ_EXAMPLES ?= 20000
+FUZZ_SECONDS ?= 300
+
+.PHONY: fuzz
+fuzz: setup
+	$(PY) -m emudev.fuzz --examples $(FUZZ_EXAMPLES) --seconds $(FUZZ_SECONDS)

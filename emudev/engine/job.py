@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -51,7 +52,9 @@ class Job:
     submit_ns: int = field(default_factory=now_ns)
     start_ns: int = 0
     end_ns: int = 0
+    on_engines: bool = False
     _on_retire: list[Callable[[], object]] = field(default_factory=list)
+    _objects_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def error(self) -> int:
@@ -66,15 +69,27 @@ class Job:
         return next((f.status for f in self.dependencies if f.status < 0), 0)
 
     def retire(self, error: int = 0) -> None:
-        """Signal the fence (once) and let go of the BOs the job kept alive."""
+        """Signal the fence (once) and, unless engines still hold the job, let go of its BOs."""
         self.state = JobState.DONE
         self.end_ns = now_ns()
         if self.fence.signal(error):
-            objects, self.objects = self.objects, []
-            for obj in objects:
-                obj.put("job")
+            if not self.on_engines:
+                self._release_objects()
             for callback in self._on_retire:
                 callback()
+
+    def engines_left(self) -> None:
+        """The engines are done with the job (a timeout or unplug may have signalled it before):
+        only now may the memory they worked on go."""
+        self.on_engines = False
+        if self.fence.signaled:
+            self._release_objects()
+
+    def _release_objects(self) -> None:
+        with self._objects_lock:
+            objects, self.objects = self.objects, []
+        for obj in objects:
+            obj.put("job")
 
     def on_retire(self, callback: Callable[[], object]) -> None:
         """Run `callback` once the job is done (at once if it already is)."""

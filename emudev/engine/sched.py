@@ -157,6 +157,7 @@ class Scheduler:
         if check.active is not None:
             check.active.job_started(job, self.timeout_ns)
         ring.cancel_timeout = deadlines.at(job.start_ns + self.timeout_ns, lambda: self._time_out(ring))
+        job.on_engines = True
         ring.run = self.streamer.start(job, lambda run: self._engines_done(ring, run))
 
     def _engines_done(self, ring: _OnRing, run: JobRun) -> None:
@@ -167,6 +168,7 @@ class Scheduler:
                 ring.job.fault = run.fault
                 self._record_fault(ring.job, run.fault)
             self._finish(ring.job, run.error)
+        ring.job.engines_left()
         self._free_ring()
 
     def _free_ring(self) -> None:

@@ -127,8 +127,9 @@ DMA_BUF_SYNC_START = 0x0
 DMA_BUF_SYNC_END = 0x4
 
 #: Bracket CPU access through mmap of the dma-buf: START before touching the memory, END after, so the
-#: exporter can do cache maintenance. It does not wait for device fences; poll() or EXPORT_SYNC_FILE
-#: does that.
+#: exporter can do cache maintenance. START first waits, interruptibly and with no timeout, for the
+#: implicit fences (the writers before a read, every fence before a write), as
+#: dma_buf_begin_cpu_access() does.
 DMA_BUF_IOCTL_SYNC = 0x40086200
 
 #: Name the dma-buf for /proc/*/fdinfo and debugfs. The argument is the string pointer itself.
@@ -2791,8 +2792,9 @@ IOCTLS: tuple[IoctlSpec, ...] = (
         ),
         doc=(
             "Bracket CPU access through mmap of the dma-buf: START before touching the memory, END after, "
-            "so the exporter can do cache maintenance. It does not wait for device fences; poll() or "
-            "EXPORT_SYNC_FILE does that."
+            "so the exporter can do cache maintenance. START first waits, interruptibly and with no "
+            "timeout, for the implicit fences (the writers before a read, every fence before a write), as "
+            "dma_buf_begin_cpu_access() does."
         ),
         requires=frozenset(),
         variants=(),
