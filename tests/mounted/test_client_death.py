@@ -11,27 +11,22 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import pickle
 import random
 import re
 import signal
-import socket
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import psutil
 import pytest
+from forking import Channel, forked
 
 from emudev.uapi import defs
 from userspace.libaccel import Device, DmaBuf
 
 PAGE = mmap.PAGESIZE
-IPC_TIMEOUT = 10.0
 WARMUP = 3
 ITERATIONS = 20
 RSS_GROWTH_LIMIT = 16 << 20
@@ -55,94 +50,6 @@ def mount(emudev_mount):
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-class Channel:
-    """One end of a SOCK_SEQPACKET socketpair: a pickled value and optional fds per message."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.settimeout(IPC_TIMEOUT)
-
-    def send(self, value: Any = None, fds: list[int] | tuple[int, ...] = ()) -> None:
-        data = pickle.dumps(value)
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.sendall(data)
-
-    def recv(self) -> tuple[Any, list[int]]:
-        data, fds, flags, _ = socket.recv_fds(self.sock, 1 << 20, 16)
-        if not data:
-            raise EOFError("the peer closed its end")
-        assert not flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC), "message or descriptors truncated"
-        return pickle.loads(data), fds
-
-
-@dataclass
-class Child:
-    pid: int
-    chan: Channel
-    errors: int
-    status: int | None = None
-
-    def wait(self, timeout: float = IPC_TIMEOUT) -> int:
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = status
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"child {self.pid} did not end within {timeout}s")
-            else:
-                time.sleep(0.002)
-        return self.status
-
-    def recv(self) -> tuple[Any, list[int]]:
-        """The child's next message; if it died instead, its traceback is the failure."""
-        try:
-            return self.chan.recv()
-        except EOFError:
-            self.wait()
-            text = os.read(self.errors, 1 << 16).decode(errors="replace")
-            raise AssertionError(f"child ended ({self.status:#x}) before answering:\n{text}") from None
-
-    def kill(self) -> int:
-        os.kill(self.pid, signal.SIGKILL)
-        return self.wait()
-
-
-@contextmanager
-def forked(body: Callable[[Channel], None]) -> Iterator[Child]:
-    """Run body(channel) in a forked child; whatever happens, the child is gone afterwards."""
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            mine.close()
-            os.close(err_r)
-            body(Channel(theirs))
-            code = 0
-        except BaseException:
-            try:
-                os.write(err_w, traceback.format_exc().encode())
-            except BaseException:
-                pass
-        finally:
-            os._exit(code)
-    theirs.close()
-    os.close(err_w)
-    child = Child(pid, Channel(mine), err_r)
-    try:
-        yield child
-    finally:
-        if child.status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        mine.close()
-        os.close(err_r)
 
 
 # --- the daemon's view -----------------------------------------------------------------------

@@ -14,20 +14,18 @@ import ctypes
 import errno
 import fcntl
 import os
-import pickle
 import select
 import signal
-import socket
 import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from forking import Channel, forked
 
 from emudev.uapi import defs
 from userspace.libaccel import Device, SwSyncTimeline, Syncobj, claim_fd
@@ -45,7 +43,6 @@ NO_INDEX = 0xFFFFFFFF
 NO_TIMEOUT = (1 << 63) - 1
 NO_FD = 999_999  # a descriptor number nothing has open
 MS = 1_000_000
-IPC_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -280,80 +277,6 @@ def readable(fd: int, timeout: float) -> bool:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-class Channel:
-    """One end of a SOCK_SEQPACKET pair: a pickled value and optional fds per message."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.settimeout(IPC_TIMEOUT)
-
-    def send(self, value: Any = None, fds: list[int] | None = None) -> None:
-        data = pickle.dumps(value)
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.sendall(data)
-
-    def recv(self) -> tuple[Any, list[int]]:
-        data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 8)
-        if not data:
-            raise EOFError("the peer closed its end")
-        return pickle.loads(data), fds
-
-
-@dataclass
-class Child:
-    pid: int
-    chan: Channel
-    errors: int
-    status: int | None = None
-
-    def join(self, timeout: float = IPC_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = status
-            else:
-                assert time.monotonic() < deadline, f"child {self.pid} did not end within {timeout}s"
-                time.sleep(0.005)
-        text = os.read(self.errors, 1 << 16).decode(errors="replace")
-        assert os.waitstatus_to_exitcode(self.status) == 0, f"child failed:\n{text}"
-
-
-@contextmanager
-def forked(body: Callable[[Channel], None]) -> Iterator[Child]:
-    """body(channel) in a forked child; the child is gone afterwards, whatever happens."""
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            mine.close()
-            os.close(err_r)
-            body(Channel(theirs))
-            code = 0
-        except BaseException:
-            try:
-                os.write(err_w, traceback.format_exc().encode())
-            except BaseException:
-                pass
-        finally:
-            os._exit(code)
-    theirs.close()
-    os.close(err_w)
-    child = Child(pid, Channel(mine), err_r)
-    try:
-        yield child
-    finally:
-        if child.status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        mine.close()
-        os.close(err_r)
 
 
 # --- CREATE, DESTROY -------------------------------------------------------------------------
