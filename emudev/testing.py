@@ -22,6 +22,7 @@ import pytest
 from emudev import fuse
 
 START_TIMEOUT = 20.0
+READY_LINE = "emudev.daemon INFO serving "
 STOP_TIMEOUT = 10.0
 COVERAGE_ENV = "EMUDEV_COVERAGE"
 
@@ -91,7 +92,9 @@ class MountedEmudev:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.node(self.devices - 1)):
+        # Ready once the daemon has logged that it serves: after its nodes appear it still
+        # finishes starting up (the janitor), and a test should start from a settled daemon.
+        while not os.path.exists(self.node(self.devices - 1)) or READY_LINE not in self.log_text():
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 self.stop()
