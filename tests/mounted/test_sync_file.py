@@ -14,19 +14,16 @@ import errno
 import fcntl
 import mmap
 import os
-import pickle
 import re
 import select
-import signal
-import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from forking import Channel, forked
 
 from emudev.uapi import defs
 from userspace.libaccel import Device, SwSyncTimeline, Syncobj, abs_timeout, claim_fd
@@ -35,7 +32,6 @@ from userspace.libaccel.sync import SyncFile
 PAGE = mmap.PAGESIZE
 NO_FD = 999_999  # a descriptor number nothing has open
 MS = 1_000_000
-IPC_TIMEOUT = 10.0
 READ, WRITE, RW = defs.DMA_BUF_SYNC_READ, defs.DMA_BUF_SYNC_WRITE, defs.DMA_BUF_SYNC_RW
 
 
@@ -124,72 +120,6 @@ def poll_events(fd: int, events: int, timeout: float = 0) -> int:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-class Channel:
-    """One end of a SOCK_SEQPACKET pair: a pickled value and optional fds per message."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.settimeout(IPC_TIMEOUT)
-
-    def send(self, value: Any = None, fds: list[int] | None = None) -> None:
-        data = pickle.dumps(value)
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.sendall(data)
-
-    def recv(self) -> tuple[Any, list[int]]:
-        data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 8)
-        if not data:
-            raise EOFError("the peer closed its end")
-        return pickle.loads(data), fds
-
-
-@contextmanager
-def forked(body: Callable[[Channel], None]) -> Iterator[tuple[int, Channel, Callable[[], None]]]:
-    """body(channel) in a forked child: (pid, channel, join); the child is gone afterwards."""
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            mine.close()
-            os.close(err_r)
-            body(Channel(theirs))
-            code = 0
-        except BaseException:
-            try:
-                os.write(err_w, traceback.format_exc().encode())
-            except BaseException:
-                pass
-        finally:
-            os._exit(code)
-    theirs.close()
-    os.close(err_w)
-    done = []
-
-    def join() -> None:
-        deadline = time.monotonic() + IPC_TIMEOUT
-        while not done:
-            got, status = os.waitpid(pid, os.WNOHANG)
-            if got:
-                done.append(status)
-            else:
-                assert time.monotonic() < deadline, "the child did not end"
-                time.sleep(0.005)
-        assert os.waitstatus_to_exitcode(done[0]) == 0, os.read(err_r, 1 << 16).decode(errors="replace")
-
-    try:
-        yield pid, Channel(mine), join
-    finally:
-        if not done:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        mine.close()
-        os.close(err_r)
 
 
 # --- sw_sync ---------------------------------------------------------------------------------
@@ -399,13 +329,13 @@ def test_a_sync_file_sent_to_another_process_is_waitable_there(timeline):
             woke = fence.wait(5.0)
             chan.send((woke, file_info(fence)[0].status))
 
-    with timeline.fence(1) as fence, forked(waiter) as (_, chan, join):
-        chan.send(None, fds=[fence.fd])
-        assert chan.recv()[0] is False
+    with timeline.fence(1) as fence, forked(waiter) as child:
+        child.chan.send(None, fds=[fence.fd])
+        assert child.recv()[0] is False
         timeline.inc()
-        chan.send("signalled")
-        assert chan.recv()[0] == (True, 1)
-        join()
+        child.chan.send("signalled")
+        assert child.recv()[0] == (True, 1)
+        child.join()
 
 
 # --- implicit sync on a dma-buf --------------------------------------------------------------
