@@ -204,6 +204,16 @@ def _store_offset(out: np.ndarray, src: np.ndarray, offset: int) -> None:
         np.copyto(out, src, casting="unsafe")
 
 
+def _weights(weight: np.ndarray, zero_point: int, dtype: type[np.generic]) -> np.ndarray:
+    """The weights as the kernels read them: fp32 weights as they lie in the BO (deep layers have megabytes
+    of them, and a copy per call would cost more than the matmul), anything else converted once."""
+    if weight.dtype == dtype and not zero_point:
+        return weight
+    converted = np.empty(weight.shape, dtype)
+    _store_offset(converted, weight, zero_point)
+    return converted
+
+
 def _exact_k_block(x: np.ndarray, x_zp: int, w: np.ndarray, w_zp: int) -> int:
     """Longest K run whose int8 dot products have every partial sum below 2^24, i.e. exact in fp32."""
     if x.size == 0 or w.size == 0:
@@ -277,8 +287,7 @@ def conv2d(src: np.ndarray, weight: np.ndarray, dst: np.ndarray, *, bias: np.nda
     x_zp = src_zero_point if quantized else 0
     w_zp = weight_zero_point if quantized else 0
     cdt: type[np.generic] = np.int32 if depthwise and quantized else np.float32
-    wq = np.empty(weight.shape, cdt)
-    _store_offset(wq, weight, w_zp)
+    wq = _weights(weight, w_zp, cdt)
     win = _Windows(src, dst, (kh, kw), stride, dilation, pad, (oh, ow), cdt, x_zp)
     if depthwise:
         _depthwise(win, wq, dst, groups, bias, act, requant, quantized, cdt)
@@ -292,8 +301,9 @@ def _im2col(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: n
     n, oh, ow, cout = dst.shape
     _, kh, kw, cig = wq.shape
     k, cog = kh * kw * cig, cout // groups
-    # [groups, K, cog]: each group's weights as the right-hand matrix, K ordered (kh, kw, ci) like the windows.
-    wmat = np.ascontiguousarray(wq.reshape(groups, cog, k).transpose(0, 2, 1))
+    # [groups, K, cog]: each group's weights as the right-hand matrix, K ordered (kh, kw, ci) like the windows;
+    # a column-major view BLAS reads as it is.
+    wmat = blas_operand(wq.reshape(groups, cog, k).transpose(0, 2, 1))
     acc_dtype = np.float64 if k > k_block else np.float32
     direct = acc_dtype == np.float32 and dst.dtype == np.float32 and not quantized
     pixels = CHUNK_BYTES // (4 * k + 8 * cout)
