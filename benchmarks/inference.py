@@ -8,8 +8,12 @@ daemon's numpy uses), so the ratio compares like with like. Runs of the two are
 interleaved so that drift on a shared VM hits both alike.
 
 Networks: the digits CNN of `accel-demo` (trained here on scikit-learn's digits, so int8
-accuracy means something), an MLP (the GEMM path alone), and a ResNet-ish CNN on
-1x3x64x64 with random weights (convolutions, folded BatchNorm, residual adds, pooling).
+accuracy means something), an MLP (the GEMM path alone), a ResNet-ish CNN on
+1x3x64x64 with random weights (convolutions, folded BatchNorm, residual adds, pooling),
+and model-zoo networks at 1x3x224x224 from the onnx package's test data with random
+weights (SqueezeNet, Inception v1, ResNet-50). The small ones show the fixed cost of a
+run through the node (a few round trips and Python per kernel), the zoo ones the
+engines' arithmetic.
 Each runs fp32 and int8 on the device; the baseline is onnxruntime fp32, what a user would
 otherwise run. The target is a device latency ≤ 1.5x onnxruntime's. Outputs are checked
 against onnxruntime: an fp32 result beyond tolerance fails the run (a wrong answer makes
@@ -40,6 +44,8 @@ QUICK_DIGITS_EPOCHS = 4
 DIGITS_BATCH = 64
 FP32_TOLERANCE = 1e-3
 SEED = 20240607
+ZOO = (("squeezenet", "SqueezeNet 1.0"), ("inception_v1", "Inception v1"), ("resnet50", "ResNet-50"))
+QUICK_ZOO = ZOO[:1]
 LABEL_WIDTH = 34
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -88,6 +94,13 @@ def build_cases(quick: bool, trained: digits.Training, data: digits.Digits) -> l
     resnet = models.resnet(batch=1, size=64)
     cases.append(Case("ResNet-ish 3x64x64, batch 1", resnet, {"input": _normal(rng, (1, 3, 64, 64))},
                       [{"input": _normal(rng, (1, 3, 64, 64))} for _ in range(4 if quick else 8)]))
+    for name, label in (QUICK_ZOO if quick else ZOO):
+        if models.model_zoo_path(name) is None:
+            continue
+        model = models.model_zoo(name)
+        data, shape = models.model_input(model)
+        cases.append(Case(f"{label} 3x224x224, batch 1", model, {data: _normal(rng, shape)},
+                          [{data: _normal(rng, shape)} for _ in range(2)]))
     return cases
 
 

@@ -23,6 +23,7 @@ from emudev.driver.drv import create_devices, create_dispatcher
 from emudev.drm.cpu_view import Invalidate
 from emudev.drm.device import DeviceConfig, DrmDevice
 from emudev.drm.file import ClientIdentity
+from emudev.gem.vma import MappingHolds
 from emudev.nodes.accel import AccelNodes
 from emudev.nodes.debugfs import (
     DaemonInfo,
@@ -134,7 +135,7 @@ class Daemon:
             inodes=self.tree.inodes, tickets=self.tree.tickets, mount_id=fuse.mount_id(self.mountpoint),
             notify_poll=session.notify_poll, invalidate=self._invalidator(),
             backing_open=lambda fd: session.backing_open(fd) if session.wait_initialised().passthrough else None,
-            backing_close=session.backing_close)
+            backing_close=session.backing_close, mappings=MappingHolds(fuse.mount_device(self.mountpoint)))
         self.tree.services = services
         self.tree.inodes.on_unlink = lambda parent, name: session.notify_inval_entry(parent, name.encode())
         for device in self.devices:

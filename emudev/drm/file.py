@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from emudev.drm.cpu_view import CpuView
 from emudev.engine.vm import AddressSpace
 from emudev.gem.handles import HandleTable
+from emudev.gem.vma import FileMappings
 
 _CAP_SYS_NICE = 23
 _CAP_SYS_ADMIN = 21
@@ -86,6 +87,8 @@ class DrmFile:
     vm: AddressSpace = field(default_factory=AddressSpace)
     contexts: HandleTable = field(default_factory=HandleTable)  # of engine Contexts, by id
     cpu_view: CpuView = field(default_factory=lambda: CpuView(None))
+    # Mappings through this file of BOs it no longer has handles to (None: not served by a mount).
+    mappings: FileMappings | None = None
     opened_at: float = field(default_factory=time.monotonic)
     ioctl_count: int = 0
 

@@ -5,7 +5,7 @@ returns the value types below, or ``DEFERRED`` to answer later through the
 ``Request``.
 """
 
-from emudev.fuse.mount import MountError, is_mounted, mount, mount_id, unmount
+from emudev.fuse.mount import MountError, is_mounted, mount, mount_device, mount_id, unmount
 from emudev.fuse.ops import (
     DEFERRED,
     Attr,
@@ -37,6 +37,7 @@ __all__ = [
     "StatFs",
     "is_mounted",
     "mount",
+    "mount_device",
     "mount_id",
     "unmount",
 ]

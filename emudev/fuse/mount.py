@@ -160,14 +160,25 @@ def _umount_error(err: int, path: str) -> MountError:
     return MountError(err, messages.get(err, f"umount2 of {path} failed: {os.strerror(err)}"))
 
 
-def mount_id(mountpoint: str) -> int:
-    """The mount's id as /proc/*/fdinfo reports it (mnt_id) for files opened through it.
+def _mountinfo(mountpoint: str) -> list[bytes]:
+    """The fields of the newest /proc/self/mountinfo line of `mountpoint`.
 
     `mountpoint` must be absolute and free of symlinks: resolving it here would stat the
     mount, a request that the daemon asking may not be able to serve yet."""
     target = os.fsencode(mountpoint)
     with open("/proc/self/mountinfo", "rb") as f:
-        ids = [int(line.split(b" ")[0]) for line in f if _unescape(line.split(b" ")[4]) == target]
-    if not ids:
+        lines = [line.split(b" ") for line in f if _unescape(line.split(b" ")[4]) == target]
+    if not lines:
         raise MountError(errno.ENOENT, f"{mountpoint} is not mounted")
-    return ids[-1]
+    return lines[-1]
+
+
+def mount_id(mountpoint: str) -> int:
+    """The mount's id as /proc/*/fdinfo reports it (mnt_id) for files opened through it."""
+    return int(_mountinfo(mountpoint)[0])
+
+
+def mount_device(mountpoint: str) -> int:
+    """The st_dev of files on the mount, without a stat() the daemon would have to answer."""
+    major, minor = _mountinfo(mountpoint)[2].split(b":")
+    return os.makedev(int(major), int(minor))

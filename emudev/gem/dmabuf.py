@@ -23,6 +23,7 @@ from emudev.drm.usermem import UserMemory
 from emudev.fuse import Request
 from emudev.gem.object import GemObject
 from emudev.gem.refs import KindRefs
+from emudev.gem.vma import NodeRange
 from emudev.nodes.command_file import CommandFile
 from emudev.nodes.defer import PendingWaits
 from emudev.sync import sync_file
@@ -111,6 +112,7 @@ class DmaBufFile(CommandFile):
 
     def __init__(self, dmabuf: DmaBuf, nodeid: int) -> None:
         self.dmabuf = dmabuf.get("file")
+        self.nodeid = nodeid
         self.backing_id = dmabuf.backing_id()
         self.direct_io = False
         invalidate = None if self.backing_id is not None else dmabuf.services.invalidate
@@ -151,6 +153,11 @@ class DmaBufFile(CommandFile):
         return end - offset
 
     def release(self) -> None:
+        """A passthrough mapping holds the backing memfd, not this file, so the file can be
+        released while mapped: its mapping then keeps the dma-buf, as a vma would."""
+        if self.backing_id is not None:
+            dmabuf = self.dmabuf.get("mapping")
+            dmabuf.services.mappings.hold(NodeRange(self.nodeid, 0, dmabuf.size), lambda: dmabuf.put("mapping"))
         self.dmabuf.put("file")
 
 

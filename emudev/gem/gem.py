@@ -40,6 +40,8 @@ def _handle_release(file: DrmFile, handle: int, obj: GemObject) -> None:
     if dmabuf is not None:
         file.prime_handles.pop(dmabuf, None)
     file.vm.unmap(obj)
+    if file.mappings is not None and not file.vm.address_of(obj):
+        file.mappings.handle_gone(obj)
     obj.handle_count -= 1
     if obj.handle_count == 0:
         _last_handle_gone(obj)

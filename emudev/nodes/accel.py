@@ -27,6 +27,7 @@ from emudev.fuse import Deferred, IoctlResult, Request
 from emudev.gem.dmabuf import DmaBuf
 from emudev.gem.gem import release_file
 from emudev.gem.object import GemObject
+from emudev.gem.vma import FileMappings
 from emudev.nodes.defer import defer
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, OpenFile, Symlink
 from emudev.sync.syncobj_ioctl import release_file as release_syncobjs
@@ -53,10 +54,14 @@ class AccelFile(OpenFile):
         return defer(req, outcome, self.file.device.mount.pending if self.file.device.mount else None)
 
     def _accessible(self, offset: int) -> tuple[GemObject, int]:
-        """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible."""
+        """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible, or one it
+        still maps after closing its handle."""
         found = self.file.device.gem.offsets.find(offset)
-        if found is None or not self.file.vm.address_of(found[0]):
+        mappings = self.file.mappings
+        if found is None or not (self.file.vm.address_of(found[0]) or (mappings and mappings.keeps(found[0]))):
             raise OSError(errno.EINVAL, "no BO of this file at that offset")
+        if mappings is not None:
+            mappings.faulted(found[0])
         return found
 
     def read(self, req: Request, offset: int, size: int) -> bytes:
@@ -77,6 +82,8 @@ class AccelFile(OpenFile):
         return len(data)
 
     def release(self) -> None:
+        if self.file.mappings is not None:
+            self.file.mappings.close()
         release_contexts(self.file)
         release_file(self.file)
         release_syncobjs(self.file)
@@ -140,6 +147,8 @@ class AccelNodes:
             self.inodes.unlink(node)
             file = self.device.open_file(ClientIdentity.of(req.pid, req.uid))
             file.cpu_view = CpuView(self.invalidate(), node.ino)
+            if self.device.mount is not None:
+                file.mappings = FileMappings(self.device.mount.mappings, node.ino)
             log.debug("%s: file %d opened by pid %d", self.device.name, file.id, file.client.tgid)
             return AccelFile(file, self.dispatcher)
 

@@ -14,6 +14,7 @@ from emudev import trace
 from emudev.drm.cpu_view import Invalidate
 from emudev.drm.userfd import caller_fd_info
 from emudev.gem.dmabuf import DmaBufRegistry
+from emudev.gem.vma import MappingHolds
 from emudev.nodes.defer import PendingWaits
 from emudev.nodes.tickets import TicketDirectory
 from emudev.nodes.tree import InodeTable
@@ -28,6 +29,7 @@ class MountServices:
     invalidate: Invalidate | None
     backing_open: Callable[[int], int | None] | None
     backing_close: Callable[[int], None]
+    mappings: MappingHolds
     dmabufs: DmaBufRegistry = field(init=False)
     pending: PendingWaits = field(default_factory=PendingWaits)
 

@@ -1,10 +1,12 @@
 """Forked helper processes for the mounted tests: a child runs a function, talks to the
 test over a SOCK_SEQPACKET socketpair (pickled values, descriptors by SCM_RIGHTS), and is
 always gone when the test leaves the `forked` block; a child that failed reports its
-traceback as the test's failure."""
+traceback as the test's failure. A touch of a mapping that may fault runs in a child too."""
 
 from __future__ import annotations
 
+import faulthandler
+import mmap
 import os
 import pickle
 import signal
@@ -121,3 +123,28 @@ def forked(body: Callable[[Channel], None]) -> Iterator[Child]:
             os.waitpid(pid, 0)
         child.chan.close()
         os.close(err_r)
+
+
+def touch_in_grandchild(mapping: mmap.mmap, position: int, write: bool = False) -> tuple[int, bytes]:
+    """Touch `mapping` at `position` in a forked child: its wait status and whatever bytes it read."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            faulthandler.disable()  # die of the signal itself, without a traceback on stderr
+            os.close(r)
+            if write:
+                mapping[position] = 0xEE
+            os.write(w, mapping[position: position + 16])
+        finally:
+            os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        return status, f.read()
+
+
+def assert_sigbus(outcome: tuple[int, bytes]) -> None:
+    status, data = outcome
+    assert data == b"", f"the touch returned bytes {data!r}"
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS, f"wait status {status:#x}"

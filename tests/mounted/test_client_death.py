@@ -12,16 +12,13 @@ import fcntl
 import mmap
 import os
 import random
-import re
 import signal
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import psutil
 import pytest
 from forking import Channel, forked
+from gem_debug import gem_objects, idle, wait_gem
 
 from emudev.uapi import defs
 from userspace.libaccel import Device, DmaBuf
@@ -44,47 +41,6 @@ def mount(emudev_mount):
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-# --- the daemon's view -----------------------------------------------------------------------
-
-_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(yes|no)\s+(yes|no)\s*(\S*)$")
-_TOTAL = re.compile(r"^total: (\d+) objects, (\d+) bytes; device memory (\d+) of (\d+) bytes in use$")
-
-
-@dataclass(frozen=True)
-class GemObjects:
-    sizes: list[int]  # one per live BO, ascending
-    handles: dict[int, int]  # size -> handle count (sizes are distinct in these tests)
-    used: int
-    text: str
-
-
-def gem_objects(mount) -> GemObjects:
-    text = mount.debug("accel0", "gem_objects")
-    lines = text.splitlines()
-    rows = [_ROW.match(line) for line in lines[1:-1]]
-    assert all(rows), text
-    total = _TOTAL.match(lines[-1])
-    assert total, text
-    assert int(total[1]) == len(rows), text
-    return GemObjects(sorted(int(r[2]) for r in rows), {int(r[2]): int(r[3]) for r in rows}, int(total[3]), text)
-
-
-def wait_gem(mount, condition: Callable[[GemObjects], bool], timeout: float = 3.0) -> GemObjects:
-    """Poll gem_objects until `condition` holds: a dead client's files are released asynchronously."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = gem_objects(mount)
-        if condition(state):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gem_objects after {timeout}s:\n{state.text}")
-        time.sleep(0.005)
-
-
-def idle(state: GemObjects) -> bool:
-    return not state.sizes and state.used == 0
 
 
 # --- contents --------------------------------------------------------------------------------

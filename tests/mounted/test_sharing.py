@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import faulthandler
 import fcntl
 import itertools
 import mmap
 import os
 import random
-import re
 import select
-import signal
 import struct
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from forking import Channel, forked
+from forking import Channel, assert_sigbus, forked, touch_in_grandchild
+from gem_debug import gem_objects, idle, wait_gem
 
 from emudev.uapi import defs
 from userspace.libaccel import MAPPABLE, Device, DmaBuf, claim_fd
@@ -43,89 +39,7 @@ def mount(emudev_mount):
 # --- processes -------------------------------------------------------------------------------
 
 
-def touch_in_grandchild(mapping: mmap.mmap, position: int, write: bool = False) -> tuple[int, bytes]:
-    """Touch `mapping` at `position` in a forked child: its wait status and whatever bytes it read."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            faulthandler.disable()  # die of the signal itself, without a traceback on stderr
-            os.close(r)
-            if write:
-                mapping[position] = 0xEE
-            os.write(w, mapping[position: position + 16])
-        finally:
-            os._exit(0)
-    os.close(w)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(r, "rb") as f:
-        return status, f.read()
-
-
-def assert_sigbus(outcome: tuple[int, bytes]) -> None:
-    status, data = outcome
-    assert data == b"", f"the touch returned bytes {data!r}"
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS, f"wait status {status:#x}"
-
-
 # --- the daemon's view -----------------------------------------------------------------------
-
-_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(yes|no)\s+(yes|no)\s*(\S*)$")
-_TOTAL = re.compile(r"^total: (\d+) objects, (\d+) bytes; device memory (\d+) of (\d+) bytes in use$")
-
-
-@dataclass(frozen=True)
-class GemRow:
-    id: int
-    size: int
-    handles: int
-    name: int
-    exported: bool
-    backed: bool
-    holders: dict[str, int]
-
-
-@dataclass(frozen=True)
-class GemObjects:
-    rows: list[GemRow]
-    objects: int
-    bytes: int
-    used: int
-    capacity: int
-    text: str
-
-
-def gem_objects(mount, index: int = 0) -> GemObjects:
-    text = mount.debug(f"accel{index}", "gem_objects")
-    lines = text.splitlines()
-    rows = []
-    for line in lines[1:-1]:
-        match = _ROW.match(line)
-        assert match, f"unparsable gem_objects row {line!r}"
-        holders = dict((k, int(n)) for k, n in (h.split(":") for h in match[7].split(",") if h))
-        rows.append(GemRow(int(match[1]), int(match[2]), int(match[3]), int(match[4]), match[5] == "yes",
-                           match[6] == "yes", holders))
-    total = _TOTAL.match(lines[-1])
-    assert total, f"unparsable gem_objects total {lines[-1]!r}"
-    objects, size, used, capacity = map(int, total.groups())
-    assert objects == len(rows)
-    return GemObjects(rows, objects, size, used, capacity, text)
-
-
-def wait_gem(mount, condition: Callable[[GemObjects], bool], timeout: float = 3.0, index: int = 0) -> GemObjects:
-    """Poll gem_objects until `condition` holds (file releases reach the daemon after close returns)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = gem_objects(mount, index)
-        if condition(state):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gem_objects of accel{index} after {timeout}s:\n{state.text}")
-        time.sleep(0.01)
-
-
-def idle(state: GemObjects) -> bool:
-    return state.objects == 0 and state.used == 0
 
 
 def client_tgids(mount, index: int = 0) -> list[int]:

@@ -1,11 +1,13 @@
-"""ONNX networks with random weights, built with onnx.helper: workloads for benchmarks and tests.
+"""ONNX networks with random weights: workloads for benchmarks and tests.
 
-They are generated rather than downloaded so that a fresh machine needs no network and
-every run measures exactly the same graph (weights come from a seeded generator).
+They are generated, or taken from the model-zoo topologies the onnx package ships as
+test data, rather than downloaded, so that a fresh machine needs no network and every
+run measures exactly the same graph (weights come from a seeded generator).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -132,3 +134,68 @@ def tiny(batch: int = 2, seed: int = 3) -> onnx.ModelProto:
     x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
     b.node("Softmax", [b.gemm(x, 4, 5, gain=1.0)], axis=1)
     return b.model("tiny", "input", [batch, 3, 8, 8], [batch, 5], "tiny CNN for tests, random weights")
+
+
+def model_zoo_path(name: str) -> str | None:
+    """The onnx package's 'light' copy of a model-zoo network ("squeezenet", "resnet50", ...), if shipped."""
+    import onnx
+
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx")
+    return path if os.path.exists(path) else None
+
+
+def model_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
+    """A model-zoo network with real weights' statistics: the light copy's constant-filled weights are
+    replaced by random ones (He-scaled, so activations neither vanish nor explode) and its final
+    Softmax is dropped, so that every layer's arithmetic shows in the logits. FileNotFoundError if
+    the onnx package ships no such network."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = model_zoo_path(name)
+    if path is None:
+        raise FileNotFoundError(f"the onnx package ships no light_{name}.onnx")
+    model = onnx.load(path)
+    rng = np.random.default_rng(seed)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    kept, weights, shape_inputs = [], [], set()
+    for n in model.graph.node:
+        if n.op_type != "ConstantOfShape":
+            kept.append(n)
+            continue
+        shape_inputs.add(n.input[0])
+        shape, name = tuple(int(d) for d in init[n.input[0]]), n.output[0]
+        weights.append(numpy_helper.from_array(_zoo_weight(rng, name, shape), name))
+    if kept[-1].op_type == "Softmax":
+        logits = kept.pop().input[0]
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    others = [t for t in model.graph.initializer if t.name not in shape_inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*others, *weights])
+    inputs = [i for i in model.graph.input if i.name not in shape_inputs]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return model
+
+
+def _zoo_weight(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Batch-norm variances and scales near 1, filters He-scaled, biases small."""
+    if "_riv_" in name or "var" in name:
+        value = rng.uniform(0.5, 1.5, shape)
+    elif "_s_" in name or "scale" in name:
+        value = rng.uniform(0.8, 1.2, shape)
+    elif len(shape) > 1:
+        value = rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))
+    else:
+        value = rng.standard_normal(shape) * 0.05
+    return value.astype(np.float32)
+
+
+def model_input(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
+    """Name and static shape of the model's one data input (graph inputs that are not initializers)."""
+    initializers = {t.name for t in model.graph.initializer}
+    data = next(i for i in model.graph.input if i.name not in initializers)
+    return data.name, tuple(d.dim_value for d in data.type.tensor_type.shape.dim)
