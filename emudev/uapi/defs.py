@@ -31,6 +31,8 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         dispatch="cmd",
         unknown_errno="ENOTTY",
+        errors=(
+        ),
         origin="kernel",
     ),
     "drm": FamilySpec(
@@ -46,6 +48,9 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         dispatch="nr",
         unknown_errno="EINVAL",
+        errors=(
+            ("ENODEV", "the device is gone (unplugged, or its daemon stopping): drm_dev_enter() fails"),
+        ),
         origin="kernel",
     ),
     "emudev": FamilySpec(
@@ -70,6 +75,9 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         dispatch="nr",
         unknown_errno="EINVAL",
+        errors=(
+            ("ENODEV", "the device is gone (unplugged, or its daemon stopping): drm_dev_enter() fails"),
+        ),
         origin="driver",
     ),
     "sw_sync": FamilySpec(
@@ -83,6 +91,8 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         dispatch="cmd",
         unknown_errno="ENOTTY",
+        errors=(
+        ),
         origin="kernel",
     ),
     "sync_file": FamilySpec(
@@ -95,6 +105,8 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         dispatch="cmd",
         unknown_errno="ENOTTY",
+        errors=(
+        ),
         origin="kernel",
     ),
 }
@@ -2789,6 +2801,7 @@ IOCTLS: tuple[IoctlSpec, ...] = (
         errors=(
             ("EINVAL", "flags has bits outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
             ("EINVAL", "neither READ nor WRITE is set"),
+            ("EINTR", "a signal arrived during START's wait; the call is restarted with the same arguments"),
         ),
         doc=(
             "Bracket CPU access through mmap of the dma-buf: START before touching the memory, END after, "
@@ -2991,6 +3004,7 @@ IOCTLS: tuple[IoctlSpec, ...] = (
         cmd=DRM_IOCTL_SET_CLIENT_CAP,
         permissions=frozenset(),
         errors=(
+            ("EOPNOTSUPP", "always on an accel device: every client capability needs DRIVER_MODESET"),
             ("EINVAL", "unknown capability or value out of range (KMS drivers)"),
         ),
         doc=(
@@ -3191,6 +3205,7 @@ IOCTLS: tuple[IoctlSpec, ...] = (
             ("EINVAL", "pad is not zero"),
             ("EINVAL", "count_handles is 0"),
             ("ENOENT", "a handle is not a syncobj of this file"),
+            ("EFAULT", "the handles array cannot be read"),
         ),
         doc="Remove the fence of every listed syncobj.",
         requires=frozenset({"syncobj"}),
@@ -3212,6 +3227,8 @@ IOCTLS: tuple[IoctlSpec, ...] = (
             ("EINVAL", "pad is not zero"),
             ("EINVAL", "count_handles is 0"),
             ("ENOENT", "a handle is not a syncobj of this file"),
+            ("EFAULT", "the handles array cannot be read"),
+            ("ENOMEM", "the handle array or a stub fence cannot be allocated"),
         ),
         doc="Replace the fence of every listed syncobj by a signalled stub fence.",
         requires=frozenset({"syncobj"}),
@@ -3264,6 +3281,7 @@ IOCTLS: tuple[IoctlSpec, ...] = (
             ("EINVAL", "count_handles is 0"),
             ("ENOENT", "a handle is not a syncobj of this file"),
             ("EFAULT", "the handles or points array cannot be accessed"),
+            ("ENOMEM", "the handle array cannot be allocated"),
         ),
         doc=(
             "Write the last signalled point of each syncobj (the last submitted one with LAST_SUBMITTED) "

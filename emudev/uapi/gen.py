@@ -17,6 +17,7 @@ Spec schema, one file per ioctl family (an ISA document, below, is the other kin
     origin: kernel | driver      # transcribed kernel ABI, or this driver's own uapi
     dispatch: nr | cmd           # drm_ioctl() matches _IOC_NR; dma-buf & co. the whole cmd
     unknown-errno: EINVAL        # errno for a request the family does not know
+    errors: [{errno, when}]      # what any ioctl of the family may fail with (unplug, signals)
     doc: ...
     prefix: DRM_EMUDEV           # driver only: C prefix of generated names
     version: {major, minor}      # driver only: uapi (and DRM driver) version
@@ -140,6 +141,7 @@ _TOP_KEYS = {
     "origin",
     "dispatch",
     "unknown-errno",
+    "errors",
     "doc",
     "prefix",
     "version",
@@ -153,7 +155,8 @@ _TOP_KEYS = {
     "packets",
 }
 # What an ioctl family has and an ISA document (the one with packets) must not.
-_IOCTL_ONLY_TOP_KEYS = ("type", "type-macro", "dispatch", "unknown-errno", "driver", "ioctls", "c-helpers")
+_IOCTL_ONLY_TOP_KEYS = ("type", "type-macro", "dispatch", "unknown-errno", "errors", "driver", "ioctls",
+                        "c-helpers")
 # Field keys that mean nothing for bytes in a command stream.
 _IOCTL_ONLY_FIELD_KEYS = ("dir", "since", "points-to", "kernel-c-type", "kernel-implicit")
 _PACKET_KEYS = {"name", "opcode", "engine", "variable-length", "doc", "fields"}
@@ -376,6 +379,7 @@ class Family:
     origin: str
     dispatch: str | None
     unknown_errno: str | None
+    errors: tuple[tuple[str, str], ...]
     version: tuple[int, int] | None
     driver: Mapping[str, Any] | None
     constants: tuple[str, ...]
@@ -919,6 +923,7 @@ class _Builder:
             origin=data["origin"],
             dispatch=None if isa else data["dispatch"],
             unknown_errno=None if isa else str(data["unknown-errno"]),
+            errors=tuple(_Builder._error(info["path"], f"family {name}", raw) for raw in data.get("errors") or ()),
             version=(int(version["major"]), int(version["minor"])) if version else None,
             driver=data.get("driver"),
             constants=tuple(names["constants"]),
@@ -1126,6 +1131,9 @@ def _py_families(model: Model) -> list[str]:
             f"        doc={py_str(family.doc, 8, 5)},",
             f'        dispatch="{family.dispatch}",',
             f'        unknown_errno="{family.unknown_errno}",',
+            "        errors=(",
+            *[f'            ("{code}", {py_str(when, 16, 0)}),' for code, when in family.errors],
+            "        ),",
             f'        origin="{family.origin}",',
             "    ),",
         ]
@@ -1679,6 +1687,9 @@ def _md_family(model: Model, family: Family) -> list[str]:
         f"Dispatched on {_DISPATCH_DOCS[family.dispatch]}; "
         f"unknown requests fail with {family.unknown_errno}. Spec: `{family.path}`.",
     ]
+    if family.errors:
+        lines += ["", "Any ioctl of the family may also fail with:", "", "| errno | when |", "|---|---|",
+                  *[f"| {code} | {md(when)} |" for code, when in family.errors]]
     if family.driver is not None and family.version is not None:
         driver = family.driver
         lines += [

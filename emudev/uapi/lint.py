@@ -279,7 +279,7 @@ def _ioctl_vocabulary(model: Model) -> list[Problem]:
         for name, known, what in (
             *((name, PERMISSIONS, "permission") for name in ioctl.permissions),
             *((name, FEATURES, "required feature") for name in ioctl.requires),
-            *((name, _ERRNO_NAMES, "errno") for name, _ in ioctl.errors),
+            *((name, _ERRNO_NAMES, "errno") for name, _ in (*ioctl.errors, *model.families[ioctl.family].errors)),
         ):
             if name not in known:
                 problems.append(Problem(ioctl.path, "vocabulary", f"{ioctl.name}: unknown {what} {name}"))

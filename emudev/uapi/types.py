@@ -116,7 +116,8 @@ class FamilySpec:
     ``dispatch`` is ``"nr"`` for DRM (``drm_ioctl()`` looks up ``_IOC_NR`` and
     accepts any size) and ``"cmd"`` for dma-buf, sync_file and sw_sync, whose
     handlers ``switch`` on the whole request number. ``unknown_errno`` is what
-    an unknown request gets: EINVAL from DRM, ENOTTY from the others.
+    an unknown request gets: EINVAL from DRM, ENOTTY from the others. ``errors`` are
+    what any of its ioctls may fail with, beside each ioctl's own.
     """
 
     name: str
@@ -125,6 +126,7 @@ class FamilySpec:
     dispatch: str = "nr"
     unknown_errno: str = "EINVAL"
     origin: str = "kernel"
+    errors: tuple[tuple[str, str], ...] = ()
 
 
 class UapiStruct(ctypes.Structure):

@@ -12,7 +12,7 @@ from emudev.trace.capture import Call
 from emudev.trace.coverage import CoverageRecorder
 from emudev.trace.decode import flagset_users, member_owner
 from emudev.uapi import defs, isa
-from emudev.uapi.coverage import WAIVERS, Coverage, Item, Waiver, check, covered, load, main, required
+from emudev.uapi.coverage import WAIVERS, Coverage, Item, Waiver, check, covered, load, main, render, required
 
 
 def full() -> Coverage:
@@ -83,6 +83,23 @@ def test_flag_rules(seen: set[tuple[str, str, int]], item: Item, used: bool) -> 
 def test_errno_aliases_count_as_the_documented_name() -> None:
     """errno.errorcode calls 95 ENOTSUP; the uapi documents EOPNOTSUPP."""
     assert covered(Item("error", "DRM_IOCTL_GET_CAP EOPNOTSUPP"), Coverage(errors={("DRM_IOCTL_GET_CAP", "ENOTSUP")}))
+
+
+def test_an_errno_returned_but_documented_nowhere_fails_the_gate() -> None:
+    coverage = full()
+    coverage.errors.add(("DRM_IOCTL_GEM_CLOSE", "EBUSY"))
+    report = check(coverage, files=1, waivers=())
+    assert not report.passed and not report.unused
+    assert report.undocumented == [("DRM_IOCTL_GEM_CLOSE", "EBUSY")]
+    assert "DRM_IOCTL_GEM_CLOSE EBUSY" in render(report)
+
+
+def test_family_errors_document_every_ioctl_of_the_family() -> None:
+    """ENODEV after an unplug is the drm family's, listed once, and no ioctl needs to show it."""
+    coverage = full()
+    coverage.errors |= {("DRM_IOCTL_GEM_CLOSE", "ENODEV"), ("DRM_IOCTL_EMUDEV_SUBMIT", "ENODEV")}
+    assert check(coverage, files=1, waivers=()).passed
+    assert check(full(), files=1, waivers=()).passed
 
 
 def test_waivers_excuse_what_they_name_and_stale_ones_are_reported() -> None:
