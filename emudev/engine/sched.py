@@ -91,9 +91,16 @@ class Scheduler:
         if stopped:
             job.retire(-errno.ENODEV)
             return
-        removers = when_all(job.dependencies, self._dispatch)
-        job.on_retire(lambda: [remove() for remove in removers])
+        self._watch_dependencies(job)
         self._dispatch()
+
+    def _watch_dependencies(self, job: Job) -> None:
+        """Look for a ready job again when the last pending dependency of `job` signals.
+        Signalled ones need no callback: the dispatch that follows the push sees them."""
+        pending = [fence for fence in job.dependencies if not fence.signaled]
+        if pending:
+            removers = when_all(pending, self._dispatch)
+            job.on_retire(lambda: [remove() for remove in removers])
 
     def cancel(self, context: Context, error: int) -> None:
         """Fail everything `context` has queued (not the running job) with `error`."""
@@ -156,18 +163,24 @@ class Scheduler:
         job.start_ns = now_ns()
         if check.active is not None:
             check.active.job_started(job, self.timeout_ns)
+        if not job.program.work:  # nothing for an engine: done at once, no timeout to arm
+            ring.owner.acquire()
+            self._finish(job, 0)
+            self._free_ring()
+            return
         ring.cancel_timeout = deadlines.at(job.start_ns + self.timeout_ns, lambda: self._time_out(ring))
         job.on_engines = True
         ring.run = self.streamer.start(job, lambda run: self._engines_done(ring, run))
 
     def _engines_done(self, ring: _OnRing, run: JobRun) -> None:
-        """On the engine thread that finished last: signalling here saves a thread hop."""
-        ring.cancel_timeout()
+        """On the engine thread that finished last: signalling here saves a thread hop. The
+        timeout is cancelled after the signal: should it fire meanwhile, it finds the job taken."""
         if ring.owner.acquire(blocking=False):
             if run.fault is not None:
                 ring.job.fault = run.fault
                 self._record_fault(ring.job, run.fault)
             self._finish(ring.job, run.error)
+        ring.cancel_timeout()
         ring.job.engines_left()
         self._free_ring()
 
@@ -195,17 +208,20 @@ class Scheduler:
                     ENGINE_NAMES[fault.engine], fault.packet, fault.va, fault.reason)
 
     def _finish(self, job: Job, error: int) -> None:
-        if job.start_ns:
-            self._charge(job)
+        """Signal first, so that waiters wake as early as can be, then charge the file: the
+        ring is still taken, so no job is picked before the charge counts."""
+        ended_ns = now_ns()
         if error:
             self.failed += 1
         else:
             self.completed += 1
         delay_ms = self.inject.signal_delay_ms
         if delay_ms:
-            deadlines.at(now_ns() + delay_ms * 1_000_000, lambda: self._retire(job, error))
+            deadlines.at(ended_ns + delay_ms * 1_000_000, lambda: self._retire(job, error))
         else:
             self._retire(job, error)
+        if job.start_ns:
+            self._charge(job, ended_ns - job.start_ns)
 
     @staticmethod
     def _retire(job: Job, error: int) -> None:
@@ -213,13 +229,13 @@ class Scheduler:
         if check.active is not None:
             check.active.job_finished(job)
 
-    def _charge(self, job: Job) -> None:
-        """Count the job's time against its file, but never more than MAX_LEAD_NS ahead of the
+    def _charge(self, job: Job, ran_ns: int) -> None:
+        """Count `ran_ns`, the job's time, against its file, but never more than MAX_LEAD_NS ahead of the
         least-served other active file: a job preempted on a busy host must not make its file
         wait for everyone else to catch up."""
         file_id = job.context.file.id
         with self._lock:
-            charged = self._usage.get(file_id, 0) + now_ns() - job.start_ns
+            charged = self._usage.get(file_id, 0) + ran_ns
             floor = min((self._usage.get(c.file.id, 0) for c in self._active if c.file.id != file_id),
                         default=charged)
             self._usage[file_id] = min(charged, floor + MAX_LEAD_NS)

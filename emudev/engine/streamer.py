@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,15 +43,31 @@ class JobRun:
     on_done: Callable[[JobRun], None]
     error: int = 0
     fault: Fault | None = None
-    aborted: threading.Event = field(default_factory=threading.Event)
+    aborted: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Event | None = None
 
     def abort(self, error: int, fault: Fault | None = None) -> None:
         """Stop the job: the engines drop what they have not started (the first reason wins)."""
         with self._lock:
             if not self.error:
                 self.error, self.fault = error, fault
-        self.aborted.set()
+            self.aborted = True
+            wake = self._wake
+        if wake is not None:
+            wake.set()
+
+    def sleep(self, timeout: float | None = None) -> None:
+        """Sleep until the job is aborted, or for `timeout` seconds. The Event is made by the
+        first sleeper: building one for every job would cost more than the rest of a small
+        job's bookkeeping, and only injected hangs and slowdowns sleep."""
+        with self._lock:
+            if self.aborted:
+                return
+            if self._wake is None:
+                self._wake = threading.Event()
+            wake = self._wake
+        wake.wait(timeout)
 
     def engine_finished(self) -> None:
         with self._lock:
@@ -70,7 +86,7 @@ class Engine(threading.Thread):
         self.engine = engine
         self.semaphores = semaphores
         self.inject = inject
-        self.inbox: queue.SimpleQueue[tuple[JobRun, list[Step]] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[JobRun, tuple[Step, ...]] | None] = queue.SimpleQueue()
         self.busy_ns = 0
         self._waited_ns = 0
         self.sem_grace_ns = sem_grace_ns
@@ -90,13 +106,13 @@ class Engine(threading.Thread):
                 self.busy_by_file[run.job.context.file.id] += spent
                 run.engine_finished()
 
-    def _run_steps(self, run: JobRun, steps: list[Step]) -> None:
+    def _run_steps(self, run: JobRun, steps: tuple[Step, ...]) -> None:
         memory = DeviceMemory(run.job.context.file.vm)
         for position, step in enumerate(steps):
-            if run.aborted.is_set() or not self._execute(run, memory, step, steps[position + 1:]):
+            if run.aborted or not self._execute(run, memory, step, steps[position + 1:]):
                 return
 
-    def _execute(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> bool:
+    def _execute(self, run: JobRun, memory: DeviceMemory, step: Step, later: Sequence[Step]) -> bool:
         """Run one packet; False when it stopped the job."""
         try:
             self._run_step(run, memory, step, later)
@@ -110,12 +126,12 @@ class Engine(threading.Thread):
         self.packets += 1
         return True
 
-    def _run_step(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> None:
+    def _run_step(self, run: JobRun, memory: DeviceMemory, step: Step, later: Sequence[Step]) -> None:
         if self.inject.take_hang(step.engine):
-            run.aborted.wait()  # hung until the timeout resets the engines
+            run.sleep()  # hung until the timeout resets the engines
             return
         if slow_ms := self.inject.slow_ms.get(step.engine):
-            run.aborted.wait(slow_ms / 1000)
+            run.sleep(slow_ms / 1000)
         if step.name == "SEM_WAIT":
             self.wait_semaphore(run, memory, step, later)
             return
@@ -132,7 +148,7 @@ class Engine(threading.Thread):
             return lambda: bool(word[0] >= p.value)
         return lambda: bool(word[0] == p.value)
 
-    def wait_semaphore(self, run: JobRun, memory: DeviceMemory, step: Step, later: list[Step]) -> None:
+    def wait_semaphore(self, run: JobRun, memory: DeviceMemory, step: Step, later: Sequence[Step]) -> None:
         """Poll the word until it meets the condition; the checker hears of a wait that blocks."""
         p: defs.drm_emudev_pkt_sem_wait = step.packet
         satisfied = self.semaphore_condition(memory, p)
@@ -145,11 +161,11 @@ class Engine(threading.Thread):
                 # Over-approximated: other engines' packets may have run already.
                 others = [s for s in run.job.program.steps if s.engine != step.engine]
                 check.active.semaphore_blocked(
-                    run.job, step, (found.obj.id, found.offset), others + later,
-                    lambda: not satisfied() and not run.aborted.is_set(), self.sem_grace_ns)
+                    run.job, step, (found.obj.id, found.offset), [*others, *later],
+                    lambda: not satisfied() and not run.aborted, self.sem_grace_ns)
         blocked = now_ns()
         with self.semaphores:
-            while not satisfied() and not run.aborted.is_set():
+            while not satisfied() and not run.aborted:
                 self.semaphores.wait(_SEM_POLL_S)
         self._waited_ns += now_ns() - blocked
 
@@ -175,13 +191,13 @@ class SerialEngine(Engine):
     the next engine with the seeded RNG (each engine keeps its own order), so a seed
     replays the same interleaving."""
 
-    def _run_steps(self, run: JobRun, steps: list[Step]) -> None:
+    def _run_steps(self, run: JobRun, steps: tuple[Step, ...]) -> None:
         memory = DeviceMemory(run.job.context.file.vm)
         queues: dict[int, deque[Step]] = defaultdict(deque)
         for step in steps:
             queues[step.engine].append(step)
         rng = self.inject.rng or random.Random(0)
-        while queues and not run.aborted.is_set():
+        while queues and not run.aborted:
             ready = [e for e in sorted(queues) if not self._blocked(memory, queues[e][0])]
             if not ready:
                 with self.semaphores:
@@ -223,10 +239,10 @@ class CommandStreamer:
             return self.engines[engine]
 
     def start(self, job: Job, on_done: Callable[[JobRun], None]) -> JobRun:
-        queues: defaultdict[int, list[Step]] = defaultdict(list)
-        for step in job.program.steps:
-            if step.name != "NOP":  # nothing to do, so no engine to wake for it
-                queues[SERIAL if self.inject.rng is not None else step.engine].append(step)
+        """Give each engine its packets of `job` (no engine is woken for a NOP);
+        `on_done` runs on the engine thread that finishes last."""
+        program = job.program
+        queues = {SERIAL: program.work} if self.inject.rng is not None and program.work else program.per_engine
         run = JobRun(job, len(queues), on_done)
         if not queues:
             on_done(run)

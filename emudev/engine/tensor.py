@@ -6,7 +6,7 @@ Python integers, so no overflow can hide an access outside the address space.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,20 +14,21 @@ from emudev.engine.ops import DTYPES
 from emudev.uapi import defs
 
 
-@dataclass(frozen=True)
-class Span:
-    """The bytes a descriptor can touch: [va, va + length)."""
+class Span(NamedTuple):
+    """The bytes a descriptor can touch: [va, va + length). A named tuple, not a frozen
+    dataclass: engines make one per operand per packet, and it builds several times faster."""
 
     va: int
     length: int
 
 
+# Slicing a ctypes array copies it in C; iterating it goes through Python once per element.
 def dims_of(tensor: defs.drm_emudev_tensor) -> tuple[int, int, int, int]:
-    return tuple(tensor.dims)  # type: ignore[return-value]
+    return tuple(tensor.dims[:])  # type: ignore[return-value]
 
 
 def strides_of(tensor: defs.drm_emudev_tensor) -> tuple[int, int, int, int]:
-    return tuple(tensor.strides)  # type: ignore[return-value]
+    return tuple(tensor.strides[:])  # type: ignore[return-value]
 
 
 def itemsize(dtype: int) -> int:
@@ -53,7 +54,9 @@ def check(tensor: defs.drm_emudev_tensor, *, written: bool) -> str | None:
 
 def span(tensor: defs.drm_emudev_tensor) -> Span:
     """Bytes from the first element to the end of the last one."""
-    last = sum((dim - 1) * stride for dim, stride in zip(dims_of(tensor), strides_of(tensor), strict=True))
+    last = 0
+    for dim, stride in zip(tensor.dims[:], tensor.strides[:], strict=True):
+        last += (dim - 1) * stride
     return Span(tensor.va, last + itemsize(tensor.dtype))
 
 

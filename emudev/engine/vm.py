@@ -10,8 +10,7 @@ from __future__ import annotations
 import bisect
 import errno
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from emudev.gem.memory import PAGE_SIZE
 
@@ -22,9 +21,9 @@ VA_START = 1 << 32
 VA_END = 1 << 47
 
 
-@dataclass(frozen=True)
-class Translation:
-    """Where a device range lands: the BO and the offset in it."""
+class Translation(NamedTuple):
+    """Where a device range lands: the BO and the offset in it. A named tuple because
+    every operand of every packet is translated, at SUBMIT and again when it runs."""
 
     obj: GemObject
     offset: int
