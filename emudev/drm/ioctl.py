@@ -53,13 +53,16 @@ def ioctl_handler(name: str) -> Callable[[Handler], Handler]:
 class IoctlEntry:
     """A row of the table. `handler` is None for an ioctl of a DRIVER_* feature this
     emulator does not provide: like the kernel's handlers for it, it answers EOPNOTSUPP.
-    The permission flags are unpacked once here because every request reads them."""
+    The permission flags and required features are unpacked once here because every
+    request reads them; `restricted` says whether drm_ioctl_permit() has anything to check."""
 
     spec: IoctlSpec
     handler: Handler | None
     needs_root: bool
     needs_auth: bool
     master_only: bool
+    restricted: bool
+    requires: frozenset[str]
     struct: type[UapiStruct]
     size: int
     dir: int
@@ -67,7 +70,48 @@ class IoctlEntry:
     @classmethod
     def of(cls, spec: IoctlSpec, handler: Handler | None) -> IoctlEntry:
         p = spec.permissions
-        return cls(spec, handler, "root_only" in p, "auth" in p, "master" in p, spec.struct, spec.size, spec.dir)
+        needs_root, needs_auth, master_only = "root_only" in p, "auth" in p, "master" in p
+        return cls(spec, handler, needs_root, needs_auth, master_only, needs_root or needs_auth or master_only,
+                   spec.requires, spec.struct, spec.size, spec.dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What drm_ioctl() derives from one request number: the entry, the caller's size in
+    each direction both sides agree on, and the size of kdata (the largest of those and
+    the kernel's struct). `own_kdata` marks the usual case where kdata is exactly the
+    kernel's struct and the caller sends all of it or nothing: the struct can then be
+    kdata itself, which is much cheaper than laying ctypes over a bytearray."""
+
+    entry: IoctlEntry
+    in_size: int
+    out_size: int
+    ksize: int
+    own_kdata: bool
+
+    @classmethod
+    def of(cls, entry: IoctlEntry, cmd: int) -> Route:
+        size = ioc_size(cmd)
+        both = ioc_dir(cmd) & entry.dir
+        in_size = size if both & IOC_WRITE else 0
+        out_size = size if both & IOC_READ else 0
+        ksize = max(in_size, out_size, entry.size)
+        return cls(entry, in_size, out_size, ksize, ksize == entry.size and in_size in (0, ksize))
+
+    def copy_in(self, in_data: bytes | memoryview) -> tuple[Kdata, UapiStruct]:
+        """kdata with the caller's bytes, zero-extended, and the argument struct over it."""
+        struct = self.entry.struct
+        if self.own_kdata:
+            args = struct.from_buffer_copy(in_data) if self.in_size else struct()
+            return args, args
+        kdata = bytearray(self.ksize)
+        if self.in_size:
+            kdata[:self.in_size] = in_data[:self.in_size]
+        return kdata, struct.from_buffer(kdata)
+
+
+Kdata = bytearray | UapiStruct
+"""drm_ioctl()'s kernel copy of the argument: a buffer the struct lies over, or the struct itself."""
 
 
 @dataclass(slots=True)
@@ -81,12 +125,12 @@ class IoctlOutcome:
     result: int
     data: bytes
     later: Completion | None = None
-    kdata: bytearray | None = None
+    kdata: Kdata | None = None
     out_size: int = 0
 
     def finish(self) -> bytes:
         assert self.kdata is not None
-        return bytes(self.kdata[: self.out_size])
+        return bytes(self.kdata)[: self.out_size]
 
 
 class DrmDispatcher:
@@ -99,10 +143,27 @@ class DrmDispatcher:
             if spec.family in families:
                 table = self.driver if defs.DRM_COMMAND_BASE <= spec.nr < DRM_COMMAND_END else self.core
                 table[spec.nr] = IoctlEntry.of(spec, _handlers.get(spec.name))
+        # The routes of the request numbers real headers use, decoded once; others on each call.
+        self._routes: dict[int, Route] = {}
+        for entry in (*self.core.values(), *self.driver.values()):
+            for cmd in entry.spec.cmds:
+                route = self.route(cmd)
+                if isinstance(route, Route):
+                    self._routes[cmd] = route
 
     def lookup(self, nr: int) -> IoctlEntry | None:
         table = self.driver if defs.DRM_COMMAND_BASE <= nr < DRM_COMMAND_END else self.core
         return table.get(nr)
+
+    def route(self, cmd: int) -> Route | int:
+        """drm_ioctl()'s decoding of `cmd`: its route, or the errno of a foreign type
+        (ENOTTY) or of a number without an entry (EINVAL)."""
+        if ioc_type(cmd) != defs.DRM_IOCTL_BASE:
+            return errno.ENOTTY
+        entry = self.lookup(ioc_nr(cmd))
+        if entry is None:
+            return errno.EINVAL
+        return Route.of(entry, cmd)
 
     def dispatch(self, file: DrmFile, cmd: int, in_data: bytes | memoryview, user: UserMemory) -> IoctlOutcome:
         """Run one ioctl as drm_ioctl() would; never raises for bad input. Traced while
@@ -121,28 +182,19 @@ class DrmDispatcher:
         file.ioctl_count += 1
         if file.device.unplugged:
             return IoctlOutcome(-errno.ENODEV, b"")
-        if ioc_type(cmd) != defs.DRM_IOCTL_BASE:
-            return IoctlOutcome(-errno.ENOTTY, b"")
-        entry = self.lookup(ioc_nr(cmd))
-        if entry is None:
-            return IoctlOutcome(-errno.EINVAL, b"")
-        # The caller's size, only in the directions both sides agree on.
-        size = ioc_size(cmd)
-        both = ioc_dir(cmd) & entry.dir
-        in_size = size if both & IOC_WRITE else 0
-        out_size = size if both & IOC_READ else 0
-        kdata = bytearray(max(in_size, out_size, entry.size))
-        if in_size:
-            kdata[:in_size] = in_data[:in_size]
-        result = self._call(entry, file, entry.struct.from_buffer(kdata), user)
+        route = self._routes.get(cmd) or self.route(cmd)
+        if isinstance(route, int):
+            return IoctlOutcome(-route, b"")
+        kdata, args = route.copy_in(in_data)
+        result = self._call(route.entry, file, args, user)
         if isinstance(result, Completion):
-            return IoctlOutcome(0, b"", later=result, kdata=kdata, out_size=out_size)
-        return IoctlOutcome(result, bytes(kdata[:out_size]))
+            return IoctlOutcome(0, b"", later=result, kdata=kdata, out_size=route.out_size)
+        return IoctlOutcome(result, bytes(kdata)[: route.out_size])
 
     def _call(self, entry: IoctlEntry, file: DrmFile, args: UapiStruct, user: UserMemory) -> int | Completion:
-        if _denied(entry, file):
+        if entry.restricted and _denied(entry, file):
             return -errno.EACCES
-        if entry.spec.requires and not entry.spec.requires <= file.device.features:
+        if entry.requires and not entry.requires <= file.device.features:
             return -errno.EOPNOTSUPP
         if entry.handler is None:
             log.error("%s: the device has its features but no handler", entry.spec.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
 
@@ -81,3 +82,10 @@ class UserMemory:
         if done < 0 and err in (errno.ESRCH, errno.EPERM):
             raise OSError(err, os.strerror(err))
         raise OSError(errno.EFAULT, "bad user address")
+
+
+@functools.lru_cache(maxsize=256)
+def user_memory(pid: int) -> UserMemory:
+    """The UserMemory of `pid`, shared by its requests: it holds nothing but the pid, and
+    looking one up costs half of building one for every ioctl."""
+    return UserMemory(pid)

@@ -96,6 +96,7 @@ WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 INIT_EXT = 1 << 30
+DIRECT_IO_ALLOW_MMAP = 1 << 36
 PASSTHROUGH = 1 << 37
 
 # fuse_open_out.open_flags
@@ -103,6 +104,11 @@ FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_NONSEEKABLE = 1 << 2
 FOPEN_PASSTHROUGH = 1 << 7
+
+# fuse_read_in.read_flags, fuse_write_in.write_flags: the kernel names a lock owner only for
+# read(2)/write(2); page-cache fills never do, and write-back says WRITE_CACHE.
+READ_LOCKOWNER = 1 << 1
+WRITE_CACHE = 1 << 0
 
 GETATTR_FH = 1 << 0
 FSYNC_FDATASYNC = 1 << 0

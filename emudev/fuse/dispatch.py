@@ -11,11 +11,12 @@ import errno
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from emudev.fuse import abi
 from emudev.fuse.abi import Opcode
-from emudev.fuse.ops import Attr, DirEntry, Entry, IoctlResult, Opened, StatFs
+from emudev.fuse.ops import Attr, DirEntry, Entry, IoctlReply, Opened, StatFs
 from emudev.fuse.request import Buffer, Request
 
 if TYPE_CHECKING:
@@ -25,20 +26,34 @@ if TYPE_CHECKING:
 ATTR_TIMEOUT = 1.0
 
 
+Operation = Callable[..., Any]
+Encoder = Callable[[Request, Any], tuple[Buffer, ...]]
+Call = Callable[[Request, memoryview], Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """``call`` decodes the request body and runs the operation; ``encode`` turns its result into
-    reply payload buffers, or is None for the requests the kernel expects no reply to."""
+    """``decode`` decodes the request body and calls the file system's operation ``op``, which it
+    gets bound as its first argument (the session itself when ``op`` is None); ``encode`` turns
+    the result into reply payload buffers, or is None for the requests the kernel expects no reply to."""
 
-    call: Callable[[Session, Request, memoryview], Any]
-    encode: Callable[[Request, Any], tuple[Buffer, ...]] | None
+    decode: Callable[..., Any]
+    encode: Encoder | None
+    op: str | None = None
+
+    def bind(self, session: Session) -> Call:
+        """The decoder with its operation looked up once, for the session to keep: a getattr
+        and a bound method per request are a measurable share of an ioctl's cost."""
+        if self.op is None:
+            return partial(self.decode, session)
+        method = getattr(session.ops, self.op, None)
+        if method is None:
+            return partial(_missing, self.op)
+        return partial(self.decode, method)
 
 
-def _operation(session: Session, name: str) -> Callable[..., Any]:
-    method = getattr(session.ops, name, None)
-    if method is None:
-        raise OSError(errno.ENOSYS, f"file system has no {name}()")
-    return method
+def _missing(name: str, req: Request, body: memoryview) -> None:
+    raise OSError(errno.ENOSYS, f"file system has no {name}()")
 
 
 def _cstring(body: memoryview) -> bytes:
@@ -86,7 +101,9 @@ def _link(req: Request, target: bytes) -> tuple[Buffer, ...]:
 
 
 def _open_out(req: Request, o: Opened) -> tuple[Buffer, ...]:
-    flags = ((abi.FOPEN_DIRECT_IO if o.direct_io else 0) | (abi.FOPEN_KEEP_CACHE if o.keep_cache else 0)
+    conn = req.session.conn
+    direct_io = o.direct_io and (not o.shared_mmap or (conn is not None and conn.direct_io_mmap))
+    flags = ((abi.FOPEN_DIRECT_IO if direct_io else 0) | (abi.FOPEN_KEEP_CACHE if o.keep_cache else 0)
              | (abi.FOPEN_NONSEEKABLE if o.nonseekable else 0))
     backing_id = 0
     if o.passthrough_backing_id is not None:
@@ -104,8 +121,11 @@ def _statfs_out(req: Request, s: StatFs) -> tuple[Buffer, ...]:
                                 s.frsize),)
 
 
-def _ioctl_out(req: Request, r: IoctlResult) -> tuple[Buffer, ...]:
-    return (abi.IOCTL_OUT.pack(r.result, 0, 0, 0), memoryview(r.data)[: req.limit])
+def _ioctl_out(req: Request, r: IoctlReply) -> tuple[Buffer, ...]:
+    data = r.data
+    if len(data) > req.limit:
+        data = memoryview(data)[: req.limit]
+    return (abi.IOCTL_OUT.pack(r.result, 0, 0, 0), data)
 
 
 def _poll_out(req: Request, revents: int) -> tuple[Buffer, ...]:
@@ -132,102 +152,105 @@ def _init_out(req: Request, init_out: bytes) -> tuple[Buffer, ...]:
 
 # Decoders: request body -> operation call.
 
-def _lookup(s: Session, req: Request, body: memoryview) -> Any:
-    return _operation(s, "lookup")(req, req.nodeid, _cstring(body))
+def _lookup(lookup: Operation, req: Request, body: memoryview) -> Any:
+    return lookup(req, req.nodeid, _cstring(body))
 
 
-def _forget(s: Session, req: Request, body: memoryview) -> None:
+def _forget(forget: Operation, req: Request, body: memoryview) -> None:
     (nlookup,) = abi.FORGET_IN.unpack_from(body)
-    _operation(s, "forget")(req.nodeid, nlookup)
+    forget(req.nodeid, nlookup)
 
 
-def _batch_forget(s: Session, req: Request, body: memoryview) -> None:
+def _batch_forget(forget: Operation, req: Request, body: memoryview) -> None:
     count, _ = abi.BATCH_FORGET_IN.unpack_from(body)
-    forget = _operation(s, "forget")
     items = body[abi.BATCH_FORGET_IN.size:]
     for nodeid, nlookup in itertools.islice(abi.FORGET_ONE.iter_unpack(items), count):
         forget(nodeid, nlookup)
 
 
-def _getattr(s: Session, req: Request, body: memoryview) -> Any:
+def _getattr(get_attr: Operation, req: Request, body: memoryview) -> Any:
     flags, _, fh = abi.GETATTR_IN.unpack_from(body)
-    return _operation(s, "getattr")(req, req.nodeid, fh if flags & abi.GETATTR_FH else None)
+    return get_attr(req, req.nodeid, fh if flags & abi.GETATTR_FH else None)
 
 
-def _readlink(s: Session, req: Request, body: memoryview) -> Any:
-    return _operation(s, "readlink")(req, req.nodeid)
+def _readlink(readlink: Operation, req: Request, body: memoryview) -> Any:
+    return readlink(req, req.nodeid)
 
 
-def _open(s: Session, req: Request, body: memoryview) -> Any:
+def _open(open_file: Operation, req: Request, body: memoryview) -> Any:
     flags, _ = abi.OPEN_IN.unpack_from(body)
-    return _operation(s, "open")(req, req.nodeid, flags)
+    return open_file(req, req.nodeid, flags)
 
 
-def _opendir(s: Session, req: Request, body: memoryview) -> Any:
+def _opendir(opendir: Operation, req: Request, body: memoryview) -> Any:
     flags, _ = abi.OPEN_IN.unpack_from(body)
-    return _operation(s, "opendir")(req, req.nodeid, flags)
+    return opendir(req, req.nodeid, flags)
 
 
-def _release(s: Session, req: Request, body: memoryview) -> Any:
+def _release(release: Operation, req: Request, body: memoryview) -> Any:
     fh, flags, _, _ = abi.RELEASE_IN.unpack_from(body)
-    return _operation(s, "release")(req, req.nodeid, fh, flags)
+    return release(req, req.nodeid, fh, flags)
 
 
-def _releasedir(s: Session, req: Request, body: memoryview) -> Any:
+def _releasedir(releasedir: Operation, req: Request, body: memoryview) -> Any:
     fh, _, _, _ = abi.RELEASE_IN.unpack_from(body)
-    return _operation(s, "releasedir")(req, req.nodeid, fh)
+    return releasedir(req, req.nodeid, fh)
 
 
-def _read(s: Session, req: Request, body: memoryview) -> Any:
+def _read(read: Operation, req: Request, body: memoryview) -> Any:
+    fh, offset, size, read_flags, _, file_flags, _ = abi.READ_IN.unpack_from(body)
+    req.limit = size
+    req.page_cache = not read_flags & abi.READ_LOCKOWNER
+    req.file_flags = file_flags
+    return read(req, req.nodeid, fh, offset, size)
+
+
+def _readdir(readdir: Operation, req: Request, body: memoryview) -> Any:
     fh, offset, size, _, _, _, _ = abi.READ_IN.unpack_from(body)
     req.limit = size
-    return _operation(s, "read")(req, req.nodeid, fh, offset, size)
+    return readdir(req, req.nodeid, fh, offset)
 
 
-def _readdir(s: Session, req: Request, body: memoryview) -> Any:
-    fh, offset, size, _, _, _, _ = abi.READ_IN.unpack_from(body)
-    req.limit = size
-    return _operation(s, "readdir")(req, req.nodeid, fh, offset)
-
-
-def _write(s: Session, req: Request, body: memoryview) -> Any:
-    fh, offset, size, _, _, _, _ = abi.WRITE_IN.unpack_from(body)
+def _write(write: Operation, req: Request, body: memoryview) -> Any:
+    fh, offset, size, write_flags, _, file_flags, _ = abi.WRITE_IN.unpack_from(body)
     data = body[abi.WRITE_IN.size: abi.WRITE_IN.size + size]
-    return _operation(s, "write")(req, req.nodeid, fh, offset, data)
+    req.page_cache = bool(write_flags & abi.WRITE_CACHE)
+    req.file_flags = file_flags
+    return write(req, req.nodeid, fh, offset, data)
 
 
-def _flush(s: Session, req: Request, body: memoryview) -> Any:
+def _flush(flush: Operation, req: Request, body: memoryview) -> Any:
     fh, _, _, lock_owner = abi.FLUSH_IN.unpack_from(body)
-    return _operation(s, "flush")(req, req.nodeid, fh, lock_owner)
+    return flush(req, req.nodeid, fh, lock_owner)
 
 
-def _fsync(s: Session, req: Request, body: memoryview) -> Any:
+def _fsync(fsync: Operation, req: Request, body: memoryview) -> Any:
     fh, flags, _ = abi.FSYNC_IN.unpack_from(body)
-    return _operation(s, "fsync")(req, req.nodeid, fh, bool(flags & abi.FSYNC_FDATASYNC))
+    return fsync(req, req.nodeid, fh, bool(flags & abi.FSYNC_FDATASYNC))
 
 
-def _ioctl(s: Session, req: Request, body: memoryview) -> Any:
+def _ioctl(ioctl: Operation, req: Request, body: memoryview) -> Any:
     fh, flags, cmd, arg, in_size, out_size = abi.IOCTL_IN.unpack_from(body)
     # A copy, unlike WRITE data: ioctls are what handlers defer, and the receive
     # buffer is reused as soon as the handler returns.
-    in_data = memoryview(bytes(body[abi.IOCTL_IN.size: abi.IOCTL_IN.size + in_size]))
+    in_data = memoryview(body[abi.IOCTL_IN.size: abi.IOCTL_IN.size + in_size].tobytes())
     req.limit = out_size
-    return _operation(s, "ioctl")(req, req.nodeid, fh, cmd, arg, in_data, out_size, flags)
+    return ioctl(req, req.nodeid, fh, cmd, arg, in_data, out_size, flags)
 
 
-def _poll(s: Session, req: Request, body: memoryview) -> Any:
+def _poll(poll: Operation, req: Request, body: memoryview) -> Any:
     fh, kh, flags, events = abi.POLL_IN.unpack_from(body)
     notify_kh = kh if flags & abi.POLL_SCHEDULE_NOTIFY else None
-    return _operation(s, "poll")(req, req.nodeid, fh, notify_kh, flags, events)
+    return poll(req, req.nodeid, fh, notify_kh, flags, events)
 
 
-def _statfs(s: Session, req: Request, body: memoryview) -> Any:
-    return _operation(s, "statfs")(req, req.nodeid)
+def _statfs(statfs: Operation, req: Request, body: memoryview) -> Any:
+    return statfs(req, req.nodeid)
 
 
-def _access(s: Session, req: Request, body: memoryview) -> Any:
+def _access(access: Operation, req: Request, body: memoryview) -> Any:
     mask, _ = abi.ACCESS_IN.unpack_from(body)
-    return _operation(s, "access")(req, req.nodeid, mask)
+    return access(req, req.nodeid, mask)
 
 
 def _init(s: Session, req: Request, body: memoryview) -> bytes:
@@ -247,24 +270,24 @@ HANDLERS: dict[int, Handler] = {
     Opcode.INIT: Handler(_init, _init_out),
     Opcode.DESTROY: Handler(_destroy, _no_data),
     Opcode.INTERRUPT: Handler(_interrupt, None),
-    Opcode.FORGET: Handler(_forget, None),
-    Opcode.BATCH_FORGET: Handler(_batch_forget, None),
-    Opcode.LOOKUP: Handler(_lookup, _entry_out),
-    Opcode.GETATTR: Handler(_getattr, _attr_out),
-    Opcode.READLINK: Handler(_readlink, _link),
-    Opcode.OPEN: Handler(_open, _open_out),
-    Opcode.RELEASE: Handler(_release, _no_data),
-    Opcode.READ: Handler(_read, _data),
-    Opcode.WRITE: Handler(_write, _write_out),
-    Opcode.FLUSH: Handler(_flush, _no_data),
-    Opcode.FSYNC: Handler(_fsync, _no_data),
-    Opcode.IOCTL: Handler(_ioctl, _ioctl_out),
-    Opcode.POLL: Handler(_poll, _poll_out),
-    Opcode.OPENDIR: Handler(_opendir, _open_out),
-    Opcode.READDIR: Handler(_readdir, _dirents),
-    Opcode.RELEASEDIR: Handler(_releasedir, _no_data),
-    Opcode.STATFS: Handler(_statfs, _statfs_out),
-    Opcode.ACCESS: Handler(_access, _no_data),
+    Opcode.FORGET: Handler(_forget, None, "forget"),
+    Opcode.BATCH_FORGET: Handler(_batch_forget, None, "forget"),
+    Opcode.LOOKUP: Handler(_lookup, _entry_out, "lookup"),
+    Opcode.GETATTR: Handler(_getattr, _attr_out, "getattr"),
+    Opcode.READLINK: Handler(_readlink, _link, "readlink"),
+    Opcode.OPEN: Handler(_open, _open_out, "open"),
+    Opcode.RELEASE: Handler(_release, _no_data, "release"),
+    Opcode.READ: Handler(_read, _data, "read"),
+    Opcode.WRITE: Handler(_write, _write_out, "write"),
+    Opcode.FLUSH: Handler(_flush, _no_data, "flush"),
+    Opcode.FSYNC: Handler(_fsync, _no_data, "fsync"),
+    Opcode.IOCTL: Handler(_ioctl, _ioctl_out, "ioctl"),
+    Opcode.POLL: Handler(_poll, _poll_out, "poll"),
+    Opcode.OPENDIR: Handler(_opendir, _open_out, "opendir"),
+    Opcode.READDIR: Handler(_readdir, _dirents, "readdir"),
+    Opcode.RELEASEDIR: Handler(_releasedir, _no_data, "releasedir"),
+    Opcode.STATFS: Handler(_statfs, _statfs_out, "statfs"),
+    Opcode.ACCESS: Handler(_access, _no_data, "access"),
 }
 
 NO_REPLY = frozenset(op for op, handler in HANDLERS.items() if handler.encode is None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from emudev.fuse.request import Request
@@ -36,6 +36,8 @@ class ConnInfo:
     ``proto_minor`` is the minor both sides speak, ``kernel_minor`` the kernel's own.
     ``kernel_flags`` is what the kernel offered, ``flags`` what was agreed; both hold
     the 64-bit INIT flags (flags2 shifted into the high word), as the kernel does.
+    ``direct_io_mmap`` (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+): a direct-I/O file may
+    still be mapped shared, through the page cache.
     """
 
     proto_major: int
@@ -47,6 +49,7 @@ class ConnInfo:
     max_readahead: int
     max_pages: int
     passthrough: bool
+    direct_io_mmap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +84,30 @@ class Opened:
 
     ``direct_io`` sends every read and write to the daemon (no page cache, no shared
     mmap); ``passthrough_backing_id`` (from ``Session.backing_open``) sends them to a
-    backing file instead, without the daemon.
+    backing file instead, without the daemon. ``shared_mmap`` says the file must allow
+    MAP_SHARED: a direct-I/O file then keeps direct I/O for read(2) and write(2) where
+    the kernel lets it be mapped (``ConnInfo.direct_io_mmap``), and is a cached file
+    otherwise; the operations tell the two apart by ``Request.page_cache``.
     """
 
     fh: int
     direct_io: bool = False
+    shared_mmap: bool = False
     keep_cache: bool = False
     nonseekable: bool = False
     passthrough_backing_id: int | None = None
+
+
+class IoctlReply(Protocol):
+    """What an ioctl operation returns to be answered at once: any object with these two
+    attributes will do, so a file system can hand over its own outcome without wrapping
+    it into an :class:`IoctlResult` on every call."""
+
+    @property
+    def result(self) -> int: ...
+
+    @property
+    def data(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +191,7 @@ class Operations:
         raise _enosys()
 
     def ioctl(self, req: Request, nodeid: int, fh: int, cmd: int, arg: int, in_data: memoryview,
-              out_size: int, flags: int) -> IoctlResult | Deferred:
+              out_size: int, flags: int) -> IoctlReply | Deferred:
         """``in_data`` is the caller's ``_IOW`` struct (a private copy, safe to keep when deferring);
         at most ``out_size`` bytes of the reply data reach the caller."""
         raise _enosys()

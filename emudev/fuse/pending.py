@@ -8,19 +8,22 @@ that request does not show up within a few requests, answered with EAGAIN so
 the kernel queues it again (or drops it, if the request is done). Requests
 answered recently are remembered, so an INTERRUPT that lost the race against
 the reply is simply dropped: the kernel expects no answer to those.
+
+Every request takes the lock twice (registered, answered), so those two paths
+are kept to a few dict and set operations: answered uniques are remembered in
+two generations of sets, the older dropped whole, instead of one by one in order.
 """
 
 from __future__ import annotations
 
 import errno
 import threading
-from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from emudev.fuse.request import InterruptCallback, Request
 
-# How many answered uniques are remembered to recognise late INTERRUPTs.
+# At least this many of the last answered uniques are remembered to recognise late INTERRUPTs.
 RECENTLY_ANSWERED = 4096
 # How many newer requests an early INTERRUPT waits for its request before EAGAIN.
 INTERRUPT_PATIENCE = 16
@@ -32,8 +35,9 @@ class PendingRequests:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[int, Request] = {}
-        self._answered: deque[int] = deque()
-        self._answered_set: set[int] = set()
+        # The uniques answered lately; the older set is dropped once the newer one is full.
+        self._answered: set[int] = set()
+        self._answered_before: set[int] = set()
         self._registered = 0
         # unique named by an INTERRUPT -> (that INTERRUPT, self._registered when it came)
         self._early: dict[int, tuple[Request, int]] = {}
@@ -43,7 +47,9 @@ class PendingRequests:
         return len(self._requests)
 
     def add(self, req: Request) -> None:
-        with self._lock:
+        # acquire/release rather than `with`: half the cost, on every request.
+        self._lock.acquire()
+        try:
             self._requests[req.unique] = req
             self._registered += 1
             if not self._early:
@@ -51,6 +57,8 @@ class PendingRequests:
             if self._early.pop(req.unique, None) is not None:
                 req._interrupted = True
             overdue = self._take_overdue_interrupts()
+        finally:
+            self._lock.release()
         for interrupt in overdue:
             interrupt.reply_error(errno.EAGAIN)
 
@@ -61,19 +69,22 @@ class PendingRequests:
 
     def retire(self, req: Request) -> bool:
         """Claim the right to reply; False once the session is closed and its descriptors are gone."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             if req._replied:
                 raise RuntimeError(f"{req!r} was already replied to")
             req._replied = True
             if self._requests.pop(req.unique, None) is not None:
-                self._remember_answered(req.unique)
+                answered = self._answered
+                answered.add(req.unique)
+                if len(answered) >= RECENTLY_ANSWERED:
+                    self._answered_before, self._answered = answered, set()
             return not self._closed
+        finally:
+            self._lock.release()
 
-    def _remember_answered(self, unique: int) -> None:
-        if len(self._answered) == RECENTLY_ANSWERED:
-            self._answered_set.discard(self._answered.popleft())
-        self._answered.append(unique)
-        self._answered_set.add(unique)
+    def _was_answered(self, unique: int) -> bool:
+        return unique in self._answered or unique in self._answered_before
 
     def close(self) -> None:
         """Turn late replies into no-ops: the descriptor numbers may already name other files."""
@@ -94,7 +105,7 @@ class PendingRequests:
         with self._lock:
             req = self._requests.get(unique)
             if req is None:
-                if unique not in self._answered_set:
+                if not self._was_answered(unique):
                     self._early[unique] = (interrupt, self._registered)
                 return
             req._interrupted = True

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 InterruptCallback = Callable[["Request"], object]
 Buffer = bytes | bytearray | memoryview
 
+_OUT_HEADER = abi.OUT_HEADER
+
 
 def write_message(fd: int, iov: list[Buffer]) -> None:
     """Send one message to the kernel in one writev, which is what makes it atomic.
@@ -39,8 +41,8 @@ def write_message(fd: int, iov: list[Buffer]) -> None:
 class Request:
     """A request as the kernel sent it: who asked (``uid``, ``gid``, ``pid``) and about what."""
 
-    __slots__ = ("_interrupted", "_on_interrupt", "_replied", "gid", "limit", "nodeid", "opcode",
-                 "pid", "session", "uid", "unique")
+    __slots__ = ("_interrupted", "_on_interrupt", "_replied", "file_flags", "gid", "limit", "nodeid", "opcode",
+                 "page_cache", "pid", "session", "uid", "unique")
 
     def __init__(self, session: Session, header: tuple[int, ...]) -> None:
         """``header`` is the unpacked fuse_in_header."""
@@ -51,6 +53,10 @@ class Request:
         self._on_interrupt: InterruptCallback | None = None
         # Bytes of reply data the kernel accepts (READ/READDIR size, ioctl out_size).
         self.limit = 0
+        # READ/WRITE: the kernel's page cache asks (a fault, readahead, write-back), not a
+        # read(2)/write(2) of the caller; and the open file's flags (O_NONBLOCK, ...).
+        self.page_cache = False
+        self.file_flags = 0
 
     def __repr__(self) -> str:
         name = abi.opcode_name(self.opcode)
@@ -80,12 +86,12 @@ class Request:
         """Reply with what the operation would have returned (an ``Entry``, ``bytes``, ...)."""
         from emudev.fuse.dispatch import encode_reply  # dispatch builds on this module
 
-        self.reply_bytes(*encode_reply(self, value))
+        self.send(0, encode_reply(self, value))
 
     def reply_error(self, err: int) -> None:
         if not 0 < err < 1000:
             raise ValueError(f"errno must be in 1..999, got {err}")
-        self._send(err, ())
+        self.send(err, ())
 
     def reply_ioctl(self, result: int, data: bytes = b"") -> None:
         """The caller's ioctl(2) returns ``result`` after ``data`` was copied to its buffer,
@@ -97,12 +103,16 @@ class Request:
 
     def reply_bytes(self, *payload: Buffer) -> None:
         """Raw success reply: the payload buffers follow the header as they are."""
-        self._send(0, payload)
+        self.send(0, payload)
 
-    def _send(self, err: int, payload: tuple[Buffer, ...]) -> None:
-        if not self.session.pending.retire(self):
+    def send(self, err: int, payload: tuple[Buffer, ...]) -> None:
+        """What every reply comes down to: claim the right to answer (once), then write the
+        header (``err`` is a positive errno, or 0) and ``payload`` in one message. The session
+        calls it with its encoders' tuples directly, which spares a ``*payload`` call per request."""
+        session = self.session
+        if not session.pending.retire(self):
             return
-        size = abi.OUT_HEADER.size
+        size = _OUT_HEADER.size
         for part in payload:
             size += len(part)
-        write_message(self.session.fd, [abi.OUT_HEADER.pack(size, -err, self.unique), *payload])
+        write_message(session.fd, [_OUT_HEADER.pack(size, -err, self.unique), *payload])

@@ -106,15 +106,18 @@ class DmaBufRegistry:
 
 
 class DmaBufFile(CommandFile):
-    """An open dma-buf: mmap, lseek(SEEK_END), poll and the DMA_BUF_* ioctls."""
+    """An open dma-buf: mmap, lseek(SEEK_END), poll and the DMA_BUF_* ioctls. Without
+    passthrough, read(2) and write(2) reach it directly and fail as dma_buf_fops (which
+    has neither) makes them fail; faults and write-back come through the page cache."""
 
     family = "dma_buf"
+    shared_mmap = True
 
     def __init__(self, dmabuf: DmaBuf, nodeid: int) -> None:
         self.dmabuf = dmabuf.get("file")
         self.nodeid = nodeid
         self.backing_id = dmabuf.backing_id()
-        self.direct_io = False
+        self.direct_io = self.backing_id is None
         invalidate = None if self.backing_id is not None else dmabuf.services.invalidate
         self.cpu_view = CpuView(invalidate, nodeid)
 
@@ -140,12 +143,16 @@ class DmaBufFile(CommandFile):
 
     def read(self, req: Request, offset: int, size: int) -> bytes:
         """Page-cache faults of a mapping without passthrough; never short inside the BO."""
+        if not req.page_cache:
+            raise OSError(errno.EINVAL, "a dma-buf has no read()")
         if offset >= self.dmabuf.size:
             return b""
         return bytes(self.dmabuf.obj.memory.view()[offset: offset + size])
 
     def write(self, req: Request, offset: int, data: memoryview) -> int:
-        """Write-back of dirty mapped pages (and pwrite) into the BO."""
+        """Write-back of dirty mapped pages into the BO."""
+        if not req.page_cache:
+            raise OSError(errno.EINVAL, "a dma-buf has no write()")
         end = min(offset + len(data), self.dmabuf.size)
         if offset >= end:
             raise OSError(errno.ENOSPC, "beyond the dma-buf")

@@ -21,14 +21,15 @@ from emudev.drm.cpu_view import CpuView, Invalidate
 from emudev.drm.device import DrmDevice
 from emudev.drm.file import ClientIdentity, DrmFile
 from emudev.drm.ioctl import DrmDispatcher
-from emudev.drm.usermem import UserMemory
+from emudev.drm.usermem import user_memory
 from emudev.engine.submit import release_file as release_contexts
-from emudev.fuse import Deferred, IoctlResult, Request
+from emudev.fuse import Deferred, Request
+from emudev.fuse.ops import IoctlReply
 from emudev.gem.dmabuf import DmaBuf
 from emudev.gem.gem import release_file
 from emudev.gem.object import GemObject
 from emudev.gem.vma import FileMappings
-from emudev.nodes.defer import defer
+from emudev.nodes.defer import PendingWaits, block_until_interrupted, defer
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, OpenFile, Symlink
 from emudev.sync.syncobj_ioctl import release_file as release_syncobjs
 
@@ -41,17 +42,27 @@ UNOPENED_TIMEOUT = 10.0
 
 
 class AccelFile(OpenFile):
-    direct_io = False
+    """An open accel node. read(2) and write(2) reach it directly, as they reach drm_read()
+    and no write() at all in the kernel; faults and write-back of its mappings come
+    through the page cache of its own inode."""
+
+    direct_io = True
+    shared_mmap = True
 
     def __init__(self, file: DrmFile, dispatcher: DrmDispatcher) -> None:
         self.file = file
         self.dispatcher = dispatcher
 
-    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlResult | Deferred:
-        outcome = self.dispatcher.dispatch(self.file, cmd, in_data, UserMemory(req.pid))
+    def ioctl(self, req: Request, cmd: int, arg: int, in_data: memoryview, out_size: int) -> IoctlReply | Deferred:
+        """The outcome of a finished ioctl is itself the reply (it has ``result`` and ``data``)."""
+        outcome = self.dispatcher.dispatch(self.file, cmd, in_data, user_memory(req.pid))
         if outcome.later is None:
-            return IoctlResult(result=outcome.result, data=outcome.data)
-        return defer(req, outcome, self.file.device.mount.pending if self.file.device.mount else None)
+            return outcome
+        return defer(req, outcome, self._pending_waits())
+
+    def _pending_waits(self) -> PendingWaits | None:
+        mount = self.file.device.mount
+        return mount.pending if mount is not None else None
 
     def _accessible(self, offset: int) -> tuple[GemObject, int]:
         """drm_gem_mmap()'s rule: only a BO this file holds a handle to is visible, or one it
@@ -64,15 +75,27 @@ class AccelFile(OpenFile):
             mappings.faulted(found[0])
         return found
 
-    def read(self, req: Request, offset: int, size: int) -> bytes:
+    def read(self, req: Request, offset: int, size: int) -> bytes | Deferred:
         """A page fault of a mapping; past the BO's end (its guard range) reads zeros, never short."""
+        if not req.page_cache:
+            return self._read_events(req)
         obj, position = self._accessible(offset)
         if check.active is not None:
             check.active.cpu_read(self.file, obj, position, position + size)
         return bytes(obj.memory.view()[position: position + size]).ljust(size, b"\0")
 
+    def _read_events(self, req: Request) -> Deferred:
+        """drm_read(): an accel device sends no DRM events, so read(2) fails at once with
+        EAGAIN under O_NONBLOCK and otherwise blocks until a signal."""
+        if req.file_flags & os.O_NONBLOCK:
+            raise OSError(errno.EAGAIN, "no events to read")
+        return block_until_interrupted(req, self._pending_waits())
+
     def write(self, req: Request, offset: int, data: memoryview) -> int:
-        """Write-back of dirty mapped pages into the BO."""
+        """Write-back of dirty mapped pages into the BO; write(2) is EINVAL, as for a file
+        whose file_operations have no write."""
+        if not req.page_cache:
+            raise OSError(errno.EINVAL, "accel files are not written to")
         obj, position = self._accessible(offset)
         if check.active is not None:
             check.active.cpu_write(self.file, obj, position, position + len(data))

@@ -48,6 +48,17 @@ class PendingWaits:
             return len(self._waits)
 
 
+def block_until_interrupted(req: Request, pending: PendingWaits | None) -> Deferred:
+    """A read(2) with nothing to return that may block, as drm_read() with no events: only
+    a signal (EINTR) or the device going away (ENODEV) ends it."""
+    parked = Completion()
+    parked.on_done(lambda result: req.reply_error(-result))
+    req.on_interrupt(lambda _req: parked.complete(-errno.EINTR))
+    if pending is not None:
+        pending.add(parked)
+    return DEFERRED
+
+
 def defer(req: Request, outcome: IoctlOutcome, pending: PendingWaits | None) -> Deferred:
     """Reply when the handler's completion finishes; an interrupted caller gets EINTR."""
     later = outcome.later

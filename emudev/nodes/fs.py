@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable
 
 from emudev import trace
-from emudev.fuse import Attr, DirEntry, Entry, IoctlResult, Opened, Operations, Request, StatFs
+from emudev.fuse import Attr, DirEntry, Entry, Opened, Operations, Request, StatFs
+from emudev.fuse.ops import IoctlReply
 from emudev.nodes.tree import DeviceFile, Directory, InodeTable, Node, OpenFile, Symlink
 
 log = logging.getLogger("emudev.fs")
@@ -99,7 +100,7 @@ class NodeFs(Operations):
             self._open[fh] = opened
         if (tracer := trace.active) is not None:
             tracer.file_opened(req, node, opened, fh, flags)
-        return Opened(fh=fh, direct_io=opened.direct_io, keep_cache=opened.keep_cache,
+        return Opened(fh=fh, direct_io=opened.direct_io, shared_mmap=opened.shared_mmap, keep_cache=opened.keep_cache,
                       passthrough_backing_id=opened.backing_id)
 
     def _file(self, fh: int) -> OpenFile:
@@ -121,8 +122,11 @@ class NodeFs(Operations):
         return file.write(req, offset, data)
 
     def ioctl(self, req: Request, nodeid: int, fh: int, cmd: int, arg: int, in_data: memoryview,
-              out_size: int, flags: int) -> IoctlResult:
-        return self._file(fh).ioctl(req, cmd, arg, in_data, out_size)
+              out_size: int, flags: int) -> IoctlReply:
+        opened = self._open.get(fh)  # _file() without the call: ioctls are the hot path
+        if opened is None:
+            raise OSError(errno.EBADF, "unknown file handle")
+        return opened.ioctl(req, cmd, arg, in_data, out_size)
 
     def poll(self, req: Request, nodeid: int, fh: int, kh: int | None, flags: int, events: int) -> int:
         revents = self._file(fh).poll(req, kh, events)

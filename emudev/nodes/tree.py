@@ -23,6 +23,7 @@ class OpenFile:
     """What an open() of a node returns; the defaults are those of a file without the op."""
 
     direct_io = True
+    shared_mmap = False
     keep_cache = False
     backing_id: int | None = None
 

@@ -8,9 +8,11 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import stat
 import struct
+import time
 
 import pytest
 
@@ -86,6 +88,37 @@ def test_write_is_refused_and_poll_has_no_events(dev):
     p = select.poll()
     p.register(dev.fd, select.POLLIN)
     assert p.poll(0) == []
+
+
+def test_nonblocking_read_has_no_events(dev):
+    """drm_read() with an empty event list and O_NONBLOCK: EAGAIN, whatever the offset."""
+    fcntl.fcntl(dev.fd, fcntl.F_SETFL, fcntl.fcntl(dev.fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    for offset in (0, 1 << 32):
+        with pytest.raises(BlockingIOError):
+            os.pread(dev.fd, 4096, offset)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_blocking_read_waits_until_a_signal(dev):
+    """drm_read() sleeps until an event or a signal: the read ends only when SIGALRM interrupts it,
+    and the file works on afterwards."""
+    def interrupt(signum, frame):
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    started = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(_Interrupted):
+            os.read(dev.fd, 4096)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started >= 0.3
+    assert dev.get_cap(defs.DRM_CAP_PRIME) == 3
 
 
 def _clients(mount, index=0):

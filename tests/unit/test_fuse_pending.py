@@ -141,9 +141,9 @@ class Forgetful(Operations):
 def test_forget_and_batch_forget_reach_forget_and_are_not_answered(wire: Wire) -> None:
     ops = wire.session.ops = Forgetful()
     forget = wire.request(3, abi.Opcode.FORGET)
-    HANDLERS[abi.Opcode.FORGET].call(wire.session, forget, memoryview(abi.FORGET_IN.pack(2)))
+    HANDLERS[abi.Opcode.FORGET].bind(wire.session)(forget, memoryview(abi.FORGET_IN.pack(2)))
     batch = wire.request(5, abi.Opcode.BATCH_FORGET)
     body = abi.BATCH_FORGET_IN.pack(2, 0) + abi.FORGET_ONE.pack(7, 1) + abi.FORGET_ONE.pack(9, 4)
-    HANDLERS[abi.Opcode.BATCH_FORGET].call(wire.session, batch, memoryview(body))
+    HANDLERS[abi.Opcode.BATCH_FORGET].bind(wire.session)(batch, memoryview(body))
     assert ops.forgotten == [(1, 2), (7, 1), (9, 4)]
     assert abi.Opcode.FORGET in NO_REPLY and abi.Opcode.BATCH_FORGET in NO_REPLY

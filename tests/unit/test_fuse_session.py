@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import mmap
 import multiprocessing
 import os
 import select
@@ -59,9 +60,9 @@ def _fuse_unusable() -> str | None:
 
 pytestmark = pytest.mark.skipif(_fuse_unusable() is not None, reason=str(_fuse_unusable()))
 
-ROOT, DEV, LINK, CACHED, PT = abi.ROOT_ID, 2, 3, 4, 5
+ROOT, DEV, LINK, CACHED, PT, MAPPED = abi.ROOT_ID, 2, 3, 4, 5, 6
 DT_DIR, DT_REG, DT_LNK = 4, 8, 10
-NAMES = {b"dev": DEV, b"link": LINK, b"cached": CACHED, b"pt": PT}
+NAMES = {b"dev": DEV, b"link": LINK, b"cached": CACHED, b"pt": PT, b"mapped": MAPPED}
 ORIGINAL, STORED = b"original-data", b"STORED--DATA!"
 BACKING = b"backing file content"
 
@@ -89,7 +90,8 @@ def _later(delay: float, fn: Callable[..., object], *args: object) -> None:
 
 class ExampleFs(Operations):
     """Root directory with a direct-I/O file "dev", a symlink "link" -> "dev", a page-cached file
-    "cached" whose daemon-side content never changes, and "pt", passed through to ``backing``."""
+    "cached" whose daemon-side content never changes, "pt", passed through to ``backing``, and
+    "mapped", direct I/O but mappable, whose reads say who asked: "P" the page cache, "R" read(2)."""
 
     def __init__(self, report: Callable[[dict], None], backing: str) -> None:
         self.report = report
@@ -114,7 +116,7 @@ class ExampleFs(Operations):
     def _attr(self, ino: int) -> Attr:
         modes = {ROOT: (stat.S_IFDIR | 0o755, 0), DEV: (stat.S_IFREG | 0o666, len(self.content)),
                  LINK: (stat.S_IFLNK | 0o777, 3), CACHED: (stat.S_IFREG | 0o444, len(ORIGINAL)),
-                 PT: (stat.S_IFREG | 0o444, len(BACKING))}
+                 PT: (stat.S_IFREG | 0o444, len(BACKING)), MAPPED: (stat.S_IFREG | 0o666, 1 << 20)}
         if ino not in modes:
             raise OSError(errno.ENOENT, "no such node")
         mode, size = modes[ino]
@@ -149,6 +151,8 @@ class ExampleFs(Operations):
             return Opened(fh=8, keep_cache=True)
         if nodeid == PT:
             return Opened(fh=9, passthrough_backing_id=self._backing_id(req.session))
+        if nodeid == MAPPED:
+            return Opened(fh=10, direct_io=True, shared_mmap=True)
         return Opened(fh=7, direct_io=True)
 
     def _backing_id(self, session: Session) -> int:
@@ -162,6 +166,8 @@ class ExampleFs(Operations):
         return self.backing_id
 
     def read(self, req: Request, nodeid: int, fh: int, offset: int, size: int) -> bytes:
+        if nodeid == MAPPED:
+            return (b"P" if req.page_cache else b"R") * size
         content = {CACHED: ORIGINAL, PT: b"not passed through!"}.get(nodeid, self.content)
         return bytes(content[offset: offset + size])
 
@@ -315,7 +321,7 @@ def test_init_negotiates_a_modern_protocol(server: Server) -> None:
 
 
 def test_lookup_getattr_readdir_readlink(server: Server) -> None:
-    assert sorted(os.listdir(server.mountpoint)) == ["cached", "dev", "link", "pt"]
+    assert sorted(os.listdir(server.mountpoint)) == sorted(name.decode() for name in NAMES)
     st = os.stat(server.dev)
     assert stat.S_ISREG(st.st_mode) and st.st_size == len(b"hello world") and st.st_ino == DEV
     assert stat.S_ISDIR(os.stat(server.mountpoint).st_mode)
@@ -329,6 +335,16 @@ def test_open_read_write_release(server: Server) -> None:
         assert os.pread(fd, 5, 0) == b"hello"
         assert os.pwrite(fd, b"HELLO", 0) == 5
         assert os.pread(fd, 100, 0) == b"HELLO world"
+
+
+def test_direct_io_file_mapped_shared_tells_faults_from_reads(server: Server) -> None:
+    """With FUSE_DIRECT_IO_ALLOW_MMAP a direct-I/O file maps shared through the page cache,
+    and the operation sees which of the two asked; without it the file is simply cached."""
+    with _opened(server.mountpoint / "mapped") as fd:
+        with mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ) as mapping:
+            assert mapping[:4] == b"PPPP"
+        expected = b"RRRR" if server.conn["flags"] & abi.DIRECT_IO_ALLOW_MMAP else b"PPPP"
+        assert os.pread(fd, 4, 8192) == expected
 
 
 def test_statfs_and_access(server: Server) -> None:
@@ -455,7 +471,7 @@ def test_unmount_ends_serve(server: Server) -> None:
 
 def test_mount_through_fusermount(tmp_path: Path) -> None:
     with serving(tmp_path, use_fusermount=True) as s:
-        assert sorted(os.listdir(s.mountpoint)) == ["cached", "dev", "link", "pt"]
+        assert sorted(os.listdir(s.mountpoint)) == sorted(name.decode() for name in NAMES)
         unmount(str(tmp_path), use_fusermount=True)
         s.proc.join(5)
         assert s.proc.exitcode == 0
