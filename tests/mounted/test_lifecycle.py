@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import pytest
+from forking import Channel, forked
 
 from emudev import fuse
 from emudev.testing import MountedEmudev
@@ -104,6 +105,28 @@ def test_sigterm_unplugs_open_files_get_enodev_then_daemon_exits():
         assert e.value.errno == errno.ENODEV
         assert m.proc.poll() is None, "the daemon must serve open files until they are closed"
         dev.close()
+        assert m.proc.wait(10) == 0
+
+
+def test_sigterm_ends_a_blocked_read_with_enodev():
+    """drm_read() sleeps while there are no events; unplugging must not leave the reader asleep."""
+    with MountedEmudev() as m:
+        def reader(chan: Channel) -> None:
+            with Device(m.node(0)) as d:
+                chan.send("ready")
+                try:
+                    os.read(d.fd, 4096)
+                    outcome = 0
+                except OSError as e:
+                    outcome = e.errno
+                chan.send(outcome)
+
+        with forked(reader) as child:
+            assert child.chan.recv()[0] == "ready"
+            time.sleep(0.3)  # the read is parked in the daemon by now; if not, it ends the same way
+            m.proc.send_signal(signal.SIGTERM)
+            assert child.chan.recv()[0] == errno.ENODEV
+            child.join()
         assert m.proc.wait(10) == 0
 
 
