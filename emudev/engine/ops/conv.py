@@ -35,7 +35,7 @@ from ._common import (
     pixel_chunks,
 )
 from .activation import NO_ACTIVATION, Activation
-from .quant import Requant, requantize
+from .quant import Requant, requantize_owned, wrap_int32
 
 # Padded copies larger than this many times the input (plus a little) switch to gathered windows, so absurd
 # padding cannot make the engine allocate far more than the tensors it was given.
@@ -240,16 +240,19 @@ def _epilogue(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, act: Ac
               requant: Requant | None, quantized: bool) -> None:
     """Bias, then activation (float) or int32 wrap + requantisation (int8), stored into dst (acc may be dst)."""
     if quantized:
-        acc_i = acc.astype(np.int64)
+        # int32 accumulation semantics: the sum wraps like the int32 register it is in TFLite. An fp64
+        # accumulator may hold exact sums beyond int32 and wraps via int64; fp32 sums are exact below 2^24
+        # and convert straight to int32 (a vector instruction, where fp -> int64 is a scalar loop), as do
+        # int32 ones (depthwise), which wrapped as they were summed.
+        acc_i = wrap_int32(acc.astype(np.int64)) if acc.dtype == np.float64 else acc.astype(np.int32)
         if bias is not None:
-            acc_i += bias
-        # int32 accumulation semantics: the sum wraps like the int32 register it is in TFLite
+            acc_i += bias  # int32 + int32 wraps, as in TFLite
         if dst.dtype == np.int32:
-            dst[...] = acc_i.astype(np.int32)
+            dst[...] = acc_i
         elif requant is None:
             raise ValueError("int8 dst needs a requant")
         else:
-            requantize(acc_i, requant, out=dst)
+            requantize_owned(acc_i.astype(np.int64), requant, out=dst)
         return
     if bias is not None:
         np.add(acc, bias, out=acc, dtype=acc.dtype)
