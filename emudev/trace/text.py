@@ -85,8 +85,11 @@ def text_lines(event: Fields, t0: float) -> list[str]:
             lines += [f"    packet {i}: {p}" for i, p in enumerate(packets or ())]
         return lines
     if kind in ("read", "write"):
-        result = f"= -1 {event['errno']}" if event.get("errno") else "= 0"
-        return [f"{head}{where} {kind} offset={event['offset']:#x} size={event['size']} {result} <{event['us']}us>"]
+        # A page fault or write-back of a mapping, or the caller's read(2)/write(2), which may sleep.
+        name = kind if event.get("page_cache", True) else f"{kind}(2)"
+        result = (f"= -1 {event['errno']}" if event.get("errno")
+                  else "= ? (blocked)" if event.get("blocked") else "= 0")
+        return [f"{head}{where} {name} offset={event['offset']:#x} size={event['size']} {result} <{event['us']}us>"]
     if kind == "poll":
         return [f"{head}{where} poll events={event['events']} revents={event['revents']}"]
     detail = f" ticket {event['ticket']}" if "ticket" in event else ""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import emudev.trace
 from emudev.drm.file import ClientIdentity
-from emudev.fuse import Request
+from emudev.fuse import Deferred, Request
 from emudev.nodes.accel import AccelFile
 from emudev.nodes.tickets import TicketDirectory
 from emudev.nodes.tree import DeviceFile, OpenFile
@@ -265,14 +265,17 @@ class Tracer:
         self._publish(Event(f.tgid, fields))
 
     def page_io(self, kind: str, req: Request, fh: int, offset: int, size: int, run: Callable[[], T]) -> T:
-        """A page read (fault) or write-back of a device-fd mapping: offset, size, errno, duration."""
+        """A read or write of a device fd: a page fault or write-back of a mapping (``page_cache``), or a
+        read(2)/write(2) of the caller, which may block (``blocked``); offset, size, errno, duration."""
         f = self._files.get(fh)
         if f is None or f.kind != "accel":
             return run()
         start = time.monotonic_ns()
         error = 0
+        result: T | None = None
         try:
-            return run()
+            result = run()
+            return result
         except OSError as e:
             error = e.errno or 0
             raise
@@ -280,7 +283,9 @@ class Tracer:
             tgid, comm = self._who_is(req.pid)
             fields = self._base(kind, req.pid, tgid, comm, fh, f)
             fields.update(offset=offset, size=size, result=-error, errno=errno_name(-error),
-                          us=round((time.monotonic_ns() - start) / 1000, 1))
+                          us=round((time.monotonic_ns() - start) / 1000, 1), page_cache=req.page_cache)
+            if isinstance(result, Deferred):
+                fields["blocked"] = True
             self._publish(Event(tgid, fields))
 
     def polled(self, req: Request, fh: int, events: int, revents: int) -> None:

@@ -233,9 +233,14 @@ def test_text_output(emudev_mount, tracing) -> None:
             dev.ioctl("DRM_IOCTL_EMUDEV_BO_INFO", defs.drm_emudev_bo_info(handle=9999))
         with Syncobj.create(dev, signaled=True) as s:
             s.wait(timeout_ns=abs_timeout(5))
+        os.set_blocking(dev.fd, False)
+        with pytest.raises(BlockingIOError):
+            os.read(dev.fd, 64)
+        os.set_blocking(dev.fd, True)
         sentinel(dev)
         reader.wait_for_sentinel()
     text = "\n".join(reader.lines)
+    assert re.search(r"accel0/\d+ read\(2\) offset=0x0 size=64 = -1 EAGAIN <[\d.]+us>", text), text
     assert re.search(r"accel0/\d+ DRM_IOCTL_EMUDEV_BO_INFO\{handle=9999\} = -1 ENOENT \(No such file or directory\) "
                      r"<[\d.]+us>", text), text
     assert re.search(r"DRM_IOCTL_SYNCOBJ_CREATE\{flags=DRM_SYNCOBJ_CREATE_SIGNALED\} = 0 <[\d.]+us> → \{handle=1\}",
@@ -251,6 +256,10 @@ def test_files_pages_polls_and_dma_buf_ioctls(emudev_mount, tracing) -> None:
         view = mmap.mmap(dev.fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ, offset=bo.mmap_offset)
         assert view[0] == 0  # a page fault: a read of the device file
         view.close()
+        os.set_blocking(dev.fd, False)
+        with pytest.raises(BlockingIOError):
+            os.read(dev.fd, 64)  # the caller's read(2): drm_read() with no events
+        os.set_blocking(dev.fd, True)
         with bo.export() as dmabuf:
             dmabuf.sync(defs.DMA_BUF_SYNC_START | defs.DMA_BUF_SYNC_READ)
         with Syncobj.create(dev, signaled=True) as s, s.export_sync_file() as sync_file:
@@ -260,8 +269,10 @@ def test_files_pages_polls_and_dma_buf_ioctls(emudev_mount, tracing) -> None:
     events = reader.events()
     kinds = {(e["type"], e.get("kind")) for e in events}
     assert {("open", "accel"), ("open", "dma_buf"), ("open", "sync_file"), ("release", "dma_buf")} <= kinds
-    page = next(e for e in events if e["type"] == "read")
+    page = next(e for e in events if e["type"] == "read" and e["page_cache"])
     assert page["offset"] == bo.mmap_offset and page["size"] >= 4096 and page["errno"] is None
+    syscall = next(e for e in events if e["type"] == "read" and not e["page_cache"])
+    assert syscall["size"] == 64 and syscall["errno"] == "EAGAIN"
     sync = by_name(events, "DMA_BUF_IOCTL_SYNC")[0]
     assert sync["file"] == "dma_buf" and sync["args"]["flags"] == "DMA_BUF_SYNC_READ"
     export = by_name(events, "DRM_IOCTL_PRIME_HANDLE_TO_FD")[0]
