@@ -1,9 +1,10 @@
-"""Replying to an ioctl whose handler finishes later."""
+"""Replying to a request (an ioctl, a blocking read) whose handler finishes later."""
 
 from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Callable
 
 from emudev.drm.completion import Completion
 from emudev.drm.ioctl import IoctlOutcome
@@ -48,23 +49,25 @@ class PendingWaits:
             return len(self._waits)
 
 
+def park(req: Request, completion: Completion, pending: PendingWaits | None,
+         answer: Callable[[int], None]) -> Deferred:
+    """Leave `req` unanswered until `completion` finishes, then `answer(result)`: the caller
+    being interrupted finishes it with -EINTR, the mount being unplugged with -ENODEV."""
+    completion.on_done(answer)
+    req.on_interrupt(lambda _req: completion.complete(-errno.EINTR))
+    if pending is not None:
+        pending.add(completion)
+    return DEFERRED
+
+
 def block_until_interrupted(req: Request, pending: PendingWaits | None) -> Deferred:
     """A read(2) with nothing to return that may block, as drm_read() with no events: only
     a signal (EINTR) or the device going away (ENODEV) ends it."""
-    parked = Completion()
-    parked.on_done(lambda result: req.reply_error(-result))
-    req.on_interrupt(lambda _req: parked.complete(-errno.EINTR))
-    if pending is not None:
-        pending.add(parked)
-    return DEFERRED
+    return park(req, Completion(), pending, lambda result: req.reply_error(-result))
 
 
 def defer(req: Request, outcome: IoctlOutcome, pending: PendingWaits | None) -> Deferred:
-    """Reply when the handler's completion finishes; an interrupted caller gets EINTR."""
+    """Reply when the handler's completion finishes."""
     later = outcome.later
     assert later is not None
-    if pending is not None:
-        pending.add(later)
-    later.on_done(lambda result: req.reply_ioctl(result, outcome.finish()))
-    req.on_interrupt(lambda _req: later.complete(-errno.EINTR))
-    return DEFERRED
+    return park(req, later, pending, lambda result: req.reply_ioctl(result, outcome.finish()))

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from emudev.drm.completion import Completion
 from emudev.drm.file import thread_group
-from emudev.fuse import DEFERRED, Deferred, Request
+from emudev.fuse import Deferred, Request
+from emudev.nodes.defer import park
 from emudev.nodes.tree import DeviceFile, OpenFile
 from emudev.trace.capture import Event
 
@@ -96,11 +97,7 @@ class TraceReader(OpenFile):
             parked = self._parked = Completion() if wait else None
         if parked is None:
             return self._take(size)
-        parked.on_done(lambda result: self._answer(req, size, result))
-        req.on_interrupt(lambda _req: parked.complete(-errno.EINTR))
-        if self._pending is not None:
-            self._pending.add(parked)
-        return DEFERRED
+        return park(req, parked, self._pending, lambda result: self._answer(req, size, result))
 
     def _answer(self, req: Request, size: int, result: int) -> None:
         if result == -errno.EINTR:
