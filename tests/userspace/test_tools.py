@@ -161,6 +161,17 @@ def test_accel_run_int8_and_given_input(emudev_shared_mount, tiny_model: str, tm
     assert "argmax agrees" in result.stdout
 
 
+def test_accel_run_model_zoo_file(emudev_shared_mount, tmp_path) -> None:
+    """A shipped network saved to a file, as a user would hand it over: accel-run accepts what onnx.checker does."""
+    if models.model_zoo_path("squeezenet") is None:
+        pytest.skip("the onnx package ships no backend test data")
+    path = tmp_path / "squeezenet.onnx"
+    onnx.save(models.model_zoo("squeezenet"), str(path))
+    result = tool("accel-run", str(path), "--compare", "--runs", "1", "--mount", emudev_shared_mount.mountpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "max abs error" in result.stdout and " ok (≤" in result.stdout
+
+
 def test_accel_run_unsupported_op_names_node(emudev_shared_mount, unsupported_model: str) -> None:
     result = tool("accel-run", unsupported_model, "--mount", emudev_shared_mount.mountpoint)
     assert_clean_failure(result, 3, "the_erf", "Erf")

@@ -150,7 +150,7 @@ def model_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
     Softmax is dropped, so that every layer's arithmetic shows in the logits. FileNotFoundError if
     the onnx package ships no such network."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     path = model_zoo_path(name)
     if path is None:
@@ -167,9 +167,11 @@ def model_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
         shape, name = tuple(int(d) for d in init[n.input[0]]), n.output[0]
         weights.append(numpy_helper.from_array(_zoo_weight(rng, name, shape), name))
     if kept[-1].op_type == "Softmax":
-        logits = kept.pop().input[0]
+        logits = onnx.ValueInfoProto()
+        logits.CopyFrom(model.graph.output[0])  # Softmax keeps the shape: the logits have the output's type
+        logits.name = kept.pop().input[0]
         del model.graph.output[:]
-        model.graph.output.append(helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+        model.graph.output.append(logits)
     del model.graph.node[:]
     model.graph.node.extend(kept)
     others = [t for t in model.graph.initializer if t.name not in shape_inputs]
@@ -178,6 +180,8 @@ def model_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
     inputs = [i for i in model.graph.input if i.name not in shape_inputs]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
+    model.ir_version = max(model.ir_version, 4)  # IR 4 lets initializers stand outside the graph inputs
+    onnx.checker.check_model(model)
     return model
 
 
