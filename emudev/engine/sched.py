@@ -197,7 +197,6 @@ class Scheduler:
                     self.device_name, job.describe(), self.timeout_ns // 1_000_000)
         if ring.run is not None:
             ring.run.abort(-errno.ETIME)
-        self.streamer.wake_semaphore_waiters()
         job.context.banned = True
         self._finish(job, -errno.ETIME)
         self.cancel(job.context, -errno.ECANCELED)
@@ -253,5 +252,4 @@ class Scheduler:
         if ring is not None and ring.owner.acquire(blocking=False):
             if ring.run is not None:
                 ring.run.abort(-errno.ENODEV)
-            self.streamer.wake_semaphore_waiters()
             self._retire(ring.job, -errno.ENODEV)

@@ -2,8 +2,8 @@
 
 The streamer splits a job's program into one queue per engine; each engine thread
 runs its packets in order, so independent engines work concurrently (numpy drops
-the GIL in its heavy kernels) and only semaphores order them. SEM_WAIT polls its
-word, as hardware would, because the CPU or another device may be the writer.
+the GIL in its heavy kernels) and only semaphores order them. A SEM_WAIT sleeps on
+the doorbell of emudev.engine.semaphore until its word meets the condition.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from emudev.driver.fault_inject import FaultInjection
 from emudev.engine.execute import DeviceMemory, EngineFault, run_compute
 from emudev.engine.job import Fault, Job
 from emudev.engine.program import ENGINE_NAMES, Step
+from emudev.engine.semaphore import doorbell
 from emudev.sync.fence import now_ns
 from emudev.uapi import defs
 
 log = logging.getLogger("emudev.engine")
 
-_SEM_POLL_S = 0.0005
 SERIAL = -1  # the pseudo-engine of the deterministic mode
 
 
@@ -48,7 +48,8 @@ class JobRun:
     _wake: threading.Event | None = None
 
     def abort(self, error: int, fault: Fault | None = None) -> None:
-        """Stop the job: the engines drop what they have not started (the first reason wins)."""
+        """Stop the job: the engines drop what they have not started (the first reason wins),
+        and those waiting on a semaphore wake to see it."""
         with self._lock:
             if not self.error:
                 self.error, self.fault = error, fault
@@ -56,6 +57,7 @@ class JobRun:
             wake = self._wake
         if wake is not None:
             wake.set()
+        doorbell.ring()
 
     def sleep(self, timeout: float | None = None) -> None:
         """Sleep until the job is aborted, or for `timeout` seconds. The Event is made by the
@@ -80,11 +82,9 @@ class JobRun:
 class Engine(threading.Thread):
     """One engine of the NPU: a thread working through its packets."""
 
-    def __init__(self, engine: int, device_name: str, semaphores: threading.Condition, sem_grace_ns: int,
-                 inject: FaultInjection) -> None:
+    def __init__(self, engine: int, device_name: str, sem_grace_ns: int, inject: FaultInjection) -> None:
         super().__init__(name=f"{device_name}-{ENGINE_NAMES.get(engine, 'serial')}", daemon=True)
         self.engine = engine
-        self.semaphores = semaphores
         self.inject = inject
         self.inbox: queue.SimpleQueue[tuple[JobRun, tuple[Step, ...]] | None] = queue.SimpleQueue()
         self.busy_ns = 0
@@ -149,12 +149,11 @@ class Engine(threading.Thread):
         return lambda: bool(word[0] == p.value)
 
     def wait_semaphore(self, run: JobRun, memory: DeviceMemory, step: Step, later: Sequence[Step]) -> None:
-        """Poll the word until it meets the condition; the checker hears of a wait that blocks."""
+        """Sleep until the word meets the condition; the checker hears of a wait that blocks."""
         p: defs.drm_emudev_pkt_sem_wait = step.packet
         satisfied = self.semaphore_condition(memory, p)
-        with self.semaphores:
-            if satisfied():
-                return
+        if doorbell.holds(satisfied):
+            return
         if check.active is not None:
             found = run.job.context.file.vm.translate(p.va, 4)
             if found is not None:
@@ -164,16 +163,13 @@ class Engine(threading.Thread):
                     run.job, step, (found.obj.id, found.offset), [*others, *later],
                     lambda: not satisfied() and not run.aborted, self.sem_grace_ns)
         blocked = now_ns()
-        with self.semaphores:
-            while not satisfied() and not run.aborted:
-                self.semaphores.wait(_SEM_POLL_S)
+        doorbell.wait(lambda: run.aborted or satisfied())
         self._waited_ns += now_ns() - blocked
 
     def signal_semaphore(self, run: JobRun, memory: DeviceMemory, p: defs.drm_emudev_pkt_sem_signal) -> None:
         word = memory.word(p.va, np.uint32, write=True)
-        with self.semaphores:
+        with doorbell.writing():
             word[0] = p.value if p.op == defs.DRM_EMUDEV_SEM_SET else (int(word[0]) + p.value) & 0xFFFFFFFF
-            self.semaphores.notify_all()
 
     def timestamp(self, run: JobRun, memory: DeviceMemory, p: defs.drm_emudev_pkt_timestamp) -> None:
         memory.word(p.va, np.uint64, write=True)[0] = time.monotonic_ns()
@@ -198,10 +194,9 @@ class SerialEngine(Engine):
             queues[step.engine].append(step)
         rng = self.inject.rng or random.Random(0)
         while queues and not run.aborted:
-            ready = [e for e in sorted(queues) if not self._blocked(memory, queues[e][0])]
+            ready = self._ready(memory, queues)
             if not ready:
-                with self.semaphores:
-                    self.semaphores.wait(_SEM_POLL_S)
+                doorbell.wait(lambda: run.aborted or bool(self._ready(memory, queues)))
                 continue
             engine = rng.choice(ready)
             step = queues[engine].popleft()
@@ -209,6 +204,10 @@ class SerialEngine(Engine):
                 del queues[engine]
             if not self._execute(run, memory, step, list(queues.get(engine, ()))):
                 return
+
+    def _ready(self, memory: DeviceMemory, queues: dict[int, deque[Step]]) -> list[int]:
+        """The engines whose next packet can run now."""
+        return [e for e in sorted(queues) if not self._blocked(memory, queues[e][0])]
 
     def _blocked(self, memory: DeviceMemory, step: Step) -> bool:
         if step.name != "SEM_WAIT":
@@ -226,7 +225,6 @@ class CommandStreamer:
         self.device_name = device_name
         self.inject = inject
         self.sem_grace_ns = sem_grace_ns  # how long a semaphore may block before the checker calls it stuck
-        self.semaphores = threading.Condition()
         self.engines: dict[int, Engine] = {}
         self._lock = threading.Lock()
 
@@ -234,7 +232,7 @@ class CommandStreamer:
         with self._lock:
             if engine not in self.engines:
                 kind = SerialEngine if engine == SERIAL else Engine
-                self.engines[engine] = kind(engine, self.device_name, self.semaphores, self.sem_grace_ns, self.inject)
+                self.engines[engine] = kind(engine, self.device_name, self.sem_grace_ns, self.inject)
                 self.engines[engine].start()
             return self.engines[engine]
 
@@ -249,7 +247,3 @@ class CommandStreamer:
         for engine, steps in queues.items():
             self._engine(engine).inbox.put((run, steps))
         return run
-
-    def wake_semaphore_waiters(self) -> None:
-        with self.semaphores:
-            self.semaphores.notify_all()

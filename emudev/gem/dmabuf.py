@@ -20,6 +20,7 @@ from emudev.drm.completion import Completion
 from emudev.drm.cpu_view import CpuView
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
+from emudev.engine.semaphore import doorbell
 from emudev.fuse import Request
 from emudev.gem.object import GemObject
 from emudev.gem.refs import KindRefs
@@ -157,6 +158,7 @@ class DmaBufFile(CommandFile):
         if offset >= end:
             raise OSError(errno.ENOSPC, "beyond the dma-buf")
         self.dmabuf.obj.memory.view()[offset:end] = data[: end - offset]
+        doorbell.ring()  # the CPU wrote device memory: a semaphore word, maybe
         return end - offset
 
     def release(self) -> None:
@@ -178,6 +180,7 @@ def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) ->
         raise OSError(errno.EINVAL, "bad DMA_BUF_SYNC flags")
     obj = file.dmabuf.obj
     if args.flags & defs.DMA_BUF_SYNC_END:
+        doorbell.ring()
         return file.cpu_view.end(obj, 0)
     usage = Usage.READ if args.flags & defs.DMA_BUF_SYNC_WRITE else Usage.WRITE
     return then(wait_all(obj.resv.fences(usage), None), lambda: file.cpu_view.begin(obj, 0))

@@ -22,6 +22,7 @@ from emudev.drm.device import DrmDevice
 from emudev.drm.file import ClientIdentity, DrmFile
 from emudev.drm.ioctl import DrmDispatcher
 from emudev.drm.usermem import user_memory
+from emudev.engine.semaphore import doorbell
 from emudev.engine.submit import release_file as release_contexts
 from emudev.fuse import Deferred, Request
 from emudev.fuse.ops import IoctlReply
@@ -102,6 +103,7 @@ class AccelFile(OpenFile):
         memory = obj.memory.view()
         end = min(position + len(data), len(memory))
         memory[position:end] = data[: end - position]
+        doorbell.ring()  # the CPU wrote device memory: a semaphore word, maybe
         return len(data)
 
     def release(self) -> None:
