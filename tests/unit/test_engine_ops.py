@@ -744,14 +744,17 @@ def test_pool_int8_avg_rounds_half_away_from_zero() -> None:
 
 
 @needs_ort
-@pytest.mark.parametrize(("size", "c"), [(1, 4), (3, 7), (5, 5), (7, 6), (9, 3), (41, 50)])
-def test_lrn_vs_onnx(size: int, c: int) -> None:
+@pytest.mark.parametrize(("size", "c", "beta"), [(1, 4, 0.75), (3, 7, 0.75), (5, 5, 0.75), (7, 6, 0.75), (9, 3, 0.75),
+                                                 (41, 50, 0.75), (5, 16, 0.5), (5, 16, 1.0), (5, 16, 0.6)])
+def test_lrn_vs_onnx(size: int, c: int, beta: float) -> None:
     x = rand((2, 3, 4, c), 2.0)
-    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=1e-3 * size, beta=0.75, bias=1.5)
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=1e-3 * size, beta=beta, bias=1.5)
     (want,) = run_onnx([node], {"x": nchw(x)})
     dst = np.zeros(x.shape, np.float32)
-    cdp.lrn(x, dst, size=size, alpha=1e-3 * size, beta=0.75, bias=1.5)
+    cdp.lrn(x, dst, size=size, alpha=1e-3 * size, beta=beta, bias=1.5)
     np.testing.assert_allclose(dst, nhwc(want), rtol=1e-5, atol=1e-6)
+    cdp.lrn(x, x, size=size, alpha=1e-3 * size, beta=beta, bias=1.5)  # in place
+    np.testing.assert_array_equal(x, dst)
 
 
 @needs_ort

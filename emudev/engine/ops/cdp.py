@@ -40,27 +40,57 @@ def lrn(src: np.ndarray, dst: np.ndarray, *, size: int, alpha: float, beta: floa
         raise ValueError(f"src shape {src.shape} != dst shape {dst.shape}")
     if size < 1:
         raise ValueError("LRN size must be positive")
-    x = src.astype(np.float32)  # a copy: dst may alias src
-    c = x.shape[-1]
+    c = src.shape[-1]
     before = min((size - 1) // 2, c - 1)
     after = min(size - 1 - (size - 1) // 2, c - 1)
-    sq = np.square(x)
+    sq = np.square(src, dtype=np.float32)
     if before + after + 1 <= _LRN_TAP_LOOP:
-        ssum = np.zeros_like(sq)
-        for d in range(-before, after + 1):
-            # ssum[..., i] += sq[..., i + d] where i + d is a channel
-            lo, hi = max(0, -d), min(c, c - d)
-            ssum[..., lo:hi] += sq[..., lo + d:hi + d]
+        sums, scale = _window_sums(sq, before, after)
     else:
         cs = np.zeros((*sq.shape[:-1], c + 1), np.float64)
         np.cumsum(sq, axis=-1, dtype=np.float64, out=cs[..., 1:])
         idx = np.arange(c)
-        ssum = (cs[..., np.minimum(idx + after + 1, c)] - cs[..., np.maximum(idx - before, 0)]).astype(np.float32)
-    ssum *= np.float32(alpha / size)
-    ssum += np.float32(bias)
-    np.power(ssum, np.float32(beta), out=ssum)
-    np.divide(x, ssum, out=x)
-    dst[...] = x
+        sums = (cs[..., np.minimum(idx + after + 1, c)] - cs[..., np.maximum(idx - before, 0)]).astype(np.float32)
+        scale = sums
+    sums *= np.float32(alpha / size)
+    sums += np.float32(bias)
+    _inverse_power(sums, beta)
+    np.multiply(src, scale, out=dst, dtype=np.float32, casting="unsafe")  # element for element: dst may be src
+
+
+def _window_sums(sq: np.ndarray, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of each channel's window along the last dim, as (a flat array holding the sums among a few
+    spare entries, a view of the sums in sq's shape). The channels are laid out with `before` zeros
+    ahead and `after` behind in one flat array, so that every tap is one contiguous add over all
+    pixels at once, where a slice of the last dim would be a short strided add per pixel; the work
+    after the sum runs over the flat array for the same reason."""
+    *lead, c = sq.shape
+    rows, width = int(np.prod(lead)), c + before + after
+    padded = np.zeros((rows, width), np.float32)
+    padded[:, before:before + c] = sq.reshape(rows, c)
+    flat = padded.reshape(-1)
+    total = np.empty(rows * width, np.float32)
+    # total[i] sums flat[i : i + before + after + 1], the window of the channel at flat[i + before]
+    n = rows * width - before - after
+    window = total[:n]
+    np.copyto(window, flat[:n])
+    for tap in range(1, before + after + 1):
+        window += flat[tap:tap + n]
+    total[n:] = 1.0  # spare entries past the last window: any positive value
+    return total, total.reshape(rows, width)[:, :c].reshape(sq.shape)
+
+
+def _inverse_power(x: np.ndarray, beta: float) -> None:
+    """x = x ** -beta in place; the betas LRNs use (0.75 in AlexNet and Inception) through square roots,
+    vector instructions where numpy's fp32 power is a scalar loop."""
+    if beta == 0.75:
+        root = np.sqrt(x)
+        np.multiply(root, np.sqrt(root), out=x)
+    elif beta == 0.5:
+        np.sqrt(x, out=x)
+    elif beta != 1.0:
+        np.power(x, np.float32(beta), out=x)
+    np.reciprocal(x, out=x)
 
 
 def softmax(src: np.ndarray, dst: np.ndarray) -> None:
