@@ -70,20 +70,25 @@ def _pool_axis(x: np.ndarray, out: np.ndarray, axis: int, k: int, s: int, p0: in
 
     if k <= out_len:
         # Loop over taps: tap t reads x[o*s - p0 + t] for the outputs o where that index is real.
-        if is_max:
+        taps = []
+        for t in range(k):
+            o_lo = max(0, -((t - p0) // s))  # ceil((p0 - t) / s)
+            o_hi = min(out_len - 1, (length - 1 + p0 - t) // s)
+            if o_hi >= o_lo:
+                taps.append((o_lo, o_hi, o_lo * s - p0 + t))
+        # A tap that every output sees starts the result, which spares a pass filling it.
+        first = next((tap for tap in taps if tap[0] == 0 and tap[1] == out_len - 1), None)
+        if first is not None:
+            taps.remove(first)
+            out[...] = sl(x, slice(first[2], first[2] + (out_len - 1) * s + 1, s))
+        elif is_max:
             out[...] = -np.inf if out.dtype.kind == "f" else np.iinfo(out.dtype).min
         else:
             out[...] = 0
         ufunc = np.maximum if is_max else np.add
-        for t in range(k):
-            o_lo = max(0, -((t - p0) // s))  # ceil((p0 - t) / s)
-            o_hi = min(out_len - 1, (length - 1 + p0 - t) // s)
-            if o_hi < o_lo:
-                continue
-            i_lo = o_lo * s - p0 + t
-            i_hi = o_hi * s - p0 + t
+        for o_lo, o_hi, i_lo in taps:
             dst = sl(out, slice(o_lo, o_hi + 1))
-            ufunc(dst, sl(x, slice(i_lo, i_hi + 1, s)), out=dst, dtype=out.dtype)
+            ufunc(dst, sl(x, slice(i_lo, i_lo + (o_hi - o_lo) * s + 1, s)), out=dst, dtype=out.dtype)
     else:
         # Loop over outputs: one reduction over each window's real span.
         lo, hi = _ranges(length, k, s, p0, out_len)
