@@ -1,6 +1,6 @@
 """A structure-aware fuzzer of the uapi, generated from the YAML spec, with hypothesis.
 
-layout      every ioctl argument and packet, with a role per field (spec + one hint table)
+layout      every ioctl argument and packet, with a role per field, from the spec
 strategies  hypothesis strategies drawing requests, valid-looking or broken, per role
 packets     command streams for SUBMIT from the ISA's packets, valid and mutated
 plan        a request as data (no addresses, no absolute times) so another process can issue it

@@ -1,16 +1,17 @@
 """Every ioctl argument and every packet, as the fuzzer sees them: derived from the uapi YAML.
 
 ``defs.IOCTLS`` gives each ioctl's struct, sizes and documented errnos; the spec model
-(``emudev.uapi.gen``) adds what the generated bindings leave out, such as what a
-pointer points to and which field counts it. From those each field gets a *role*, the
-name of the strategy that draws a valid value for it and breaks it. Roles come from
-the spec wherever it says enough (flags, enums, pointers and their counts, strides,
-pads, directions, timeouts); the one thing it cannot say yet is *which kind of handle
-or fd* a plain integer field holds. That is the only hand-written knowledge, as data
-in ``FIELD_HINTS`` below; a field it does not name still gets a generic role, so an
-ioctl added to the YAML is fuzzed without any change here. (Proposed YAML keys that
-would make the table unnecessary: ``handle: gem|syncobj|ctx|seqno|flink`` and
-``fd: dma_buf|sync_file|syncobj|eventfd`` on fields, ``new: true`` on out handles.)
+(``emudev.uapi.gen``) adds what the generated bindings leave out: what a pointer points
+to and which field counts it, and which kind of handle or fd a plain integer holds
+(``handle:``, ``new:`` and ``fd:`` on fields, and an ioctl's ``fields:`` where two
+ioctls use a struct differently). From those each field gets a *role*, the name of
+the strategy that draws a valid value for it and breaks it. Every role comes from the
+spec (flags, enums, pointers and their counts, strides, pads, directions, timeouts,
+handle and fd kinds) except where drawing a *valid* value takes knowledge no uapi
+spec holds: a BO size, and where in which BO a command stream lies. Only that is
+hand-written, as data in ``VALID_VALUE_ROLES`` below. A field the spec says nothing
+special about still gets a generic role from its name, so an ioctl added to the YAML
+is fuzzed without any change here.
 """
 
 from __future__ import annotations
@@ -59,55 +60,21 @@ RESOURCE_ROLES = (GEM, SYNCOBJ, CTX, SEQNO, FLINK)
 HANDLE_ROLES = (GEM, GEM_NEW, SYNCOBJ, CTX, SEQNO, FLINK, ANY_HANDLE)
 FD_KINDS = ("device", "dma_buf", "sync_file", "syncobj", "sw_sync", "eventfd")
 
-# "struct.field" for every use of a struct, or "IOCTL:field" where two ioctls share a struct
-# with different meanings (drm_prime_handle, drm_syncobj_handle). An array field's role is
-# its elements' role.
-FIELD_HINTS: dict[str, str] = {
-    "drm_gem_close.handle": GEM,
-    "drm_gem_flink.handle": GEM,
-    "drm_gem_flink.name": OUT_PREFIX + FLINK,
-    "drm_gem_open.name": FLINK,
-    "drm_gem_open.handle": OUT_PREFIX + GEM,
-    "drm_gem_change_handle.handle": GEM,
-    "drm_gem_change_handle.new_handle": GEM_NEW,
-    "DRM_IOCTL_PRIME_HANDLE_TO_FD:handle": GEM,
-    "DRM_IOCTL_PRIME_HANDLE_TO_FD:fd": OUT,
-    "DRM_IOCTL_PRIME_FD_TO_HANDLE:handle": OUT_PREFIX + GEM,
-    "DRM_IOCTL_PRIME_FD_TO_HANDLE:fd": "fd:dma_buf",
-    "drm_syncobj_create.handle": OUT_PREFIX + SYNCOBJ,
-    "drm_syncobj_destroy.handle": SYNCOBJ,
-    "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD:handle": SYNCOBJ,
-    "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD:fd": OUT,
-    "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE:handle": SYNCOBJ,
-    "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE:fd": "fd:syncobj,sync_file",
-    "drm_syncobj_transfer.src_handle": SYNCOBJ,
-    "drm_syncobj_transfer.dst_handle": SYNCOBJ,
-    "drm_syncobj_wait.handles": SYNCOBJ,
-    "drm_syncobj_timeline_wait.handles": SYNCOBJ,
-    "drm_syncobj_array.handles": SYNCOBJ,
-    "drm_syncobj_timeline_array.handles": SYNCOBJ,
-    "drm_syncobj_eventfd.handle": SYNCOBJ,
-    "drm_syncobj_eventfd.fd": "fd:eventfd",
+# What the spec's handle: kinds become.
+_HANDLE_ROLES = {"gem": GEM, "syncobj": SYNCOBJ, "ctx": CTX, "seqno": SEQNO, "flink": FLINK}
+# A number the caller picks that is not in use yet (new: true): only GEM has a strategy
+# drawing one; another kind gets a plain integer.
+_NEW_ROLES = {GEM: GEM_NEW}
+
+# "struct.field": fields whose valid values the fuzzer draws from its own knowledge of the
+# device, which the spec cannot state: how big a BO may be, and which BO holds a command
+# stream, at which offset and of which size. They take precedence over the spec's kind
+# (cmd_handle is a GEM handle, but one holding a stream).
+VALID_VALUE_ROLES: dict[str, str] = {
     "drm_emudev_bo_create.size": BO_SIZE,
-    "drm_emudev_bo_create.handle": OUT_PREFIX + GEM,
-    "drm_emudev_bo_info.handle": GEM,
-    "drm_emudev_bo_wait.handle": GEM,
-    "drm_emudev_bo_prep.handle": GEM,
-    "drm_emudev_bo_fini.handle": GEM,
-    "drm_emudev_ctx_create.ctx_id": OUT_PREFIX + CTX,
-    "drm_emudev_ctx_destroy.ctx_id": CTX,
-    "drm_emudev_submit.ctx_id": CTX,
     "drm_emudev_submit.cmd_handle": STREAM_HANDLE,
     "drm_emudev_submit.cmd_offset": STREAM_OFFSET,
     "drm_emudev_submit.cmd_size": STREAM_SIZE,
-    "drm_emudev_submit.seqno": OUT_PREFIX + SEQNO,
-    "drm_emudev_submit_bo.handle": GEM,
-    "drm_emudev_sync.handle": SYNCOBJ,
-    "drm_emudev_job_status.ctx_id": CTX,
-    "drm_emudev_job_status.seqno": SEQNO,
-    "dma_buf_import_sync_file.fd": "fd:sync_file",
-    "sync_merge_data.fd2": "fd:sync_file",
-    "sw_sync_get_deadline.fence_fd": "fd:sync_file",
 }
 
 # Bits never set, whatever the mode: they make the call wait far longer than the 50 ms
@@ -232,7 +199,7 @@ def packet_layouts() -> dict[str, StructLayout]:
 
 @cache
 def struct_layout(name: str, ioctl: str | None = None) -> StructLayout:
-    """Roles of every field of struct ``name`` (as used by ``ioctl``, for per-ioctl hints)."""
+    """Roles of every field of struct ``name`` (as ``ioctl`` uses it: its ``fields:`` in the spec)."""
     return _struct(spec_model(), name, ioctl, {})
 
 
@@ -241,6 +208,7 @@ def _struct(model: gen.Model, name: str, ioctl: str | None,
     if (name, ioctl) in cache:
         return cache[name, ioctl]
     struct = model.structs[name]
+    used = model.ioctls[ioctl].fields_of(struct) if ioctl is not None else struct.fields
     counted: dict[str, list[str]] = {}
     for field in struct.fields:
         count = _points_to(field.points_to)[1] if field.points_to else None
@@ -248,9 +216,11 @@ def _struct(model: gen.Model, name: str, ioctl: str | None,
             counted.setdefault(count, []).append(field.name)
     strides = {f.name: _strided(struct, f.name) for f in struct.fields if f.name.endswith("_stride")}
     fields = []
-    for field in struct.fields:
-        role = _role(struct.name, field, ioctl, counted, strides)
-        array = _array(model, struct, field, ioctl, strides, cache) if field.is_pointer and field.points_to else None
+    # The role follows what the ioctl makes of a field; the direction stays the struct's, as
+    # drm_ioctl() copies the whole struct back and the fuzzer reads returned fds from it.
+    for field, as_used in zip(struct.fields, used, strict=True):
+        role = _role(struct.name, as_used, counted, strides)
+        array = _array(model, struct, as_used, strides, cache) if field.is_pointer and field.points_to else None
         nested = _struct(model, field.struct, None, cache) if field.struct else None
         never = NEVER_SET.get(f"{struct.name}.{field.name}", 0)
         fields.append(FieldLayout(
@@ -262,22 +232,32 @@ def _struct(model: gen.Model, name: str, ioctl: str | None,
     return cache[name, ioctl]
 
 
-def _hint(struct: str, field: str, ioctl: str | None) -> str | None:
-    if ioctl is not None and f"{ioctl}:{field}" in FIELD_HINTS:
-        return FIELD_HINTS[f"{ioctl}:{field}"]
-    return FIELD_HINTS.get(f"{struct}.{field}")
+def _hint(struct: str, field: gen.Field) -> str | None:
+    """The role of a field (or of its elements) if drawing it valid is fuzzer knowledge or the spec names a kind."""
+    return VALID_VALUE_ROLES.get(f"{struct}.{field.name}") or _declared_role(field)
 
 
-def _role(struct: str, field: gen.Field, ioctl: str | None, counted: dict[str, list[str]],
-          strides: dict[str, list[str]]) -> str:
-    """The role of a field: a hint, else what its spec entry and name say."""
+def _declared_role(field: gen.Field) -> str | None:
+    """What the spec's ``handle:``/``fd:`` make of a field: ``gem``, ``gem_new``, ``out:gem``, ``fd:a,b``."""
+    if field.handle is not None:
+        role = _HANDLE_ROLES[field.handle]
+        if field.direction == "out":
+            return OUT_PREFIX + role
+        return _NEW_ROLES.get(role, INT) if field.new else role
+    if field.fd:
+        return f"{FD}:{','.join(field.fd)}"
+    return None
+
+
+def _role(struct: str, field: gen.Field, counted: dict[str, list[str]], strides: dict[str, list[str]]) -> str:
+    """The role of a field as its ioctl uses it: a hint, else what its spec entry and name say."""
     if field.name in counted:
         return COUNT
     if strides.get(field.name):
         return STRIDE
     if field.is_pointer:
         return ARRAY if field.points_to else POINTER
-    hint = _hint(struct, field.name, ioctl)
+    hint = _hint(struct, field)
     if hint is not None:
         return hint
     if field.struct:
@@ -328,14 +308,14 @@ def _strided(struct: gen.Struct, stride_field: str) -> list[str]:
     return found
 
 
-def _array(model: gen.Model, struct: gen.Struct, field: gen.Field, ioctl: str | None,
-           strides: dict[str, list[str]], cache: dict[tuple[str, str | None], StructLayout]) -> ArrayLayout:
+def _array(model: gen.Model, struct: gen.Struct, field: gen.Field, strides: dict[str, list[str]],
+           cache: dict[tuple[str, str | None], StructLayout]) -> ArrayLayout:
     assert field.points_to is not None
     elem, count = _points_to(field.points_to)
     constant = model.constants.get(count)
     elem_struct = _struct(model, elem, None, cache) if elem in model.structs else None
     elem_size = elem_struct.size if elem_struct else gen.SCALAR_SIZES[elem]
-    hint = _hint(struct.name, field.name, ioctl)
+    hint = _hint(struct.name, field)
     if hint is not None:
         elem_role = hint
     elif elem_struct is not None:

@@ -40,6 +40,10 @@ Spec schema, one file per ioctl family (an ISA document, below, is the other kin
             flags: FLAGSET                 # for flag fields
             enum: ENUM                     # for selector fields
             points-to: "u32[count]"        # what a ptr field points at
+            handle: gem|syncobj|ctx|seqno|flink   # the kind of object the integer names (below)
+            new: true                      # with handle, on an input: a number not yet in use
+            fd: KIND | [KIND, ...]         # an input fd of the calling process, KIND one of
+                                           # dma_buf, sync_file, syncobj, eventfd
             since: label                   # added later: the struct has an older, shorter size
             kernel-c-type: size_t          # the kernel header's own C type, when not a __u/__s type
             kernel-implicit: true          # padding the kernel header leaves implicit
@@ -54,16 +58,31 @@ Spec schema, one file per ioctl family (an ISA document, below, is the other kin
         permissions: [render_allow, auth, master, root_only]
         requires: [gem, syncobj, syncobj_timeline, modeset]   # checked before the handler
         errors: [{errno, when}]
+        fields: {NAME: {dir, handle, fd}}   # what a field of a shared struct means for this ioctl
         doc: ...
     c-helpers:                     # driver only: C functions the header offers its users
       - name: emudev_claim_fd      # the function the code defines
         doc: ...                   # kernel-doc body; its line breaks stay, for "@arg:" and "Return:"
         code: |                    # verbatim C, one "static inline" definition
 
+``handle`` and ``fd`` say what a plain integer refers to, so that tools (the
+fuzzer, the reference) need not guess from its name: a ``handle`` on an ``in``
+field names an existing object of that kind (GEM handle, syncobj handle, context
+id, job seqno, flink name), on an ``out`` field the device returns a new one
+there, and on an ``inout`` field the caller passes an existing one; ``new: true``
+marks an input where the caller picks a number not yet in use
+(drm_gem_change_handle.new_handle). ``fd`` lists the kinds of file an input fd
+may be; an fd the device returns takes no ``fd`` (the device hands out fds as
+tickets, whatever their kind). On a ``ptr`` with ``points-to``, both describe the
+elements it points at. A struct two ioctls share with different meanings
+(drm_prime_handle, drm_syncobj_handle) keeps the union in its fields; each
+ioctl's ``fields`` overrides ``dir``, ``handle`` and ``fd`` of the named fields
+for that ioctl, and ``dir`` there may only narrow ``inout`` to ``in`` or ``out``.
+
 The command-stream ISA is a document of its own: it has ``packets`` and no
 ``type``, ``type-macro``, ``dispatch``, ``unknown-errno``, ``driver``, ``ioctls``
-or ``c-helpers``; its struct fields take no ``dir``, ``since``, ``points-to`` or
-``kernel-*`` keys::
+or ``c-helpers``; its struct fields take no ``dir``, ``since``, ``points-to``, ``handle``,
+``new``, ``fd`` or ``kernel-*`` keys::
 
     family: emudev_isa
     origin: driver
@@ -158,7 +177,7 @@ _TOP_KEYS = {
 _IOCTL_ONLY_TOP_KEYS = ("type", "type-macro", "dispatch", "unknown-errno", "errors", "driver", "ioctls",
                         "c-helpers")
 # Field keys that mean nothing for bytes in a command stream.
-_IOCTL_ONLY_FIELD_KEYS = ("dir", "since", "points-to", "kernel-c-type", "kernel-implicit")
+_IOCTL_ONLY_FIELD_KEYS = ("dir", "since", "points-to", "handle", "new", "fd", "kernel-c-type", "kernel-implicit")
 _PACKET_KEYS = {"name", "opcode", "engine", "variable-length", "doc", "fields"}
 _PACKET_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _FIELD_KEYS = {
@@ -169,10 +188,17 @@ _FIELD_KEYS = {
     "flags",
     "enum",
     "points-to",
+    "handle",
+    "new",
+    "fd",
     "since",
     "kernel-c-type",
     "kernel-implicit",
 }
+HANDLE_KINDS = ("gem", "syncobj", "ctx", "seqno", "flink")
+FD_KINDS = ("dma_buf", "sync_file", "syncobj", "eventfd")
+# What an ioctl's ``fields`` may say about a field of its struct.
+_OVERRIDE_KEYS = {"dir", "handle", "fd"}
 _IOCTL_KEYS = {
     "name",
     "nr",
@@ -185,6 +211,7 @@ _IOCTL_KEYS = {
     "permissions",
     "requires",
     "errors",
+    "fields",
     "doc",
 }
 
@@ -238,10 +265,18 @@ class Field:
     kernel_implicit: bool
     align: int
     struct: str | None = None
+    handle: str | None = None
+    new: bool = False
+    fd: tuple[str, ...] = ()
 
     @property
     def is_pointer(self) -> bool:
         return self.base == "ptr"
+
+    @property
+    def declares_kind(self) -> bool:
+        """Whether the spec says what the integer refers to (a handle of some kind, or an fd)."""
+        return self.handle is not None or bool(self.fd)
 
     @property
     def elem_size(self) -> int:
@@ -328,10 +363,16 @@ class Ioctl:
     doc: str
     variants: tuple[Variant, ...]
     by_value: bool
+    overrides: tuple[Field, ...] = ()
 
     @property
     def dir(self) -> int:
         return DIRECTIONS[self.dir_name]
+
+    def fields_of(self, struct: Struct) -> tuple[Field, ...]:
+        """``struct``'s fields as this ioctl uses them: its ``fields`` overrides replace the struct's."""
+        overridden = {field.name: field for field in self.overrides}
+        return tuple(overridden.get(field.name, field) for field in struct.fields)
 
     @property
     def cmd(self) -> int:
@@ -404,6 +445,11 @@ class Model:
     ioctls: dict[str, Ioctl]
     helpers: dict[str, CHelper]
     packets: dict[str, Packet]
+
+    def ioctl_fields(self, name: str) -> tuple[Field, ...]:
+        """The fields of ioctl ``name``'s argument as that ioctl uses them (see ``Ioctl.fields_of``)."""
+        ioctl = self.ioctls[name]
+        return ioctl.fields_of(self.structs[ioctl.struct])
 
     def driver_family(self) -> Family:
         drivers = [
@@ -783,8 +829,8 @@ class _Builder:
                 raise SpecError(path, f"{where}: {key} {raw[key]} is not defined")
         nested = self.structs.get(base)
         if nested is not None:
-            if any(raw.get(key) is not None for key in ("flags", "enum", "points-to")):
-                raise SpecError(path, f"{where}: a struct-typed field takes no flags, enum or points-to")
+            if any(raw.get(key) is not None for key in ("flags", "enum", "points-to", "handle", "fd")):
+                raise SpecError(path, f"{where}: a struct-typed field takes no flags, enum, points-to, handle or fd")
             elem_size, align = nested.size, nested.align
         else:
             elem_size = align = SCALAR_SIZES[base]
@@ -796,6 +842,7 @@ class _Builder:
             "elem_size": elem_size,
             "align": align,
             "struct": nested.name if nested is not None else None,
+            "kind": _field_kind(path, where, raw, direction),
         }
 
     # ioctls -------------------------------------------------------------------
@@ -811,6 +858,7 @@ class _Builder:
         if item["dir"] not in DIRECTIONS:
             raise SpecError(path, f"{where}: dir must be one of {', '.join(DIRECTIONS)}")
         struct = self._ioctl_struct(family, path, item, where)
+        overrides = _overrides(path, where, item.get("fields"), struct)
         variants = tuple(self._variant(path, where, raw) for raw in item.get("variants") or ())
         sizes = tuple(sorted(set(struct.sizes) | {variant.size for variant in variants}))
         nr, index = self._ioctl_nr(path, item, where)
@@ -831,6 +879,7 @@ class _Builder:
             doc=_text(item.get("doc")),
             variants=variants,
             by_value=bool(item.get("by-value", False)),
+            overrides=overrides,
         )
         self._add_named(self.ioctls, "ioctls", ioctl)
 
@@ -937,6 +986,65 @@ class _Builder:
         )
 
 
+def _field_kind(path: str, where: str, raw: Mapping[str, Any], direction: str) -> dict[str, Any]:
+    """A field's ``handle``, ``new`` and ``fd``, checked: what its integer refers to."""
+    handle, new = raw.get("handle"), raw.get("new", False)
+    if handle is not None and handle not in HANDLE_KINDS:
+        raise SpecError(path, f"{where}: handle {handle!r} is not one of {', '.join(HANDLE_KINDS)}")
+    if not isinstance(new, bool):
+        raise SpecError(path, f"{where}: new must be true or false")
+    if new and (handle is None or direction != "in"):
+        raise SpecError(path, f"{where}: new marks a handle number the caller picks; it needs handle and dir in")
+    fd = _fd_kinds(path, where, raw.get("fd"))
+    if handle is not None and fd:
+        raise SpecError(path, f"{where}: give handle or fd, not both")
+    if fd and direction == "out":
+        raise SpecError(path, f"{where}: fd describes an input; an fd the device returns takes none")
+    return {"handle": handle, "new": new, "fd": fd}
+
+
+def _fd_kinds(path: str, where: str, value: Any) -> tuple[str, ...]:
+    """``fd: KIND`` or ``fd: [KIND, ...]`` as a tuple of distinct known kinds."""
+    if value is None:
+        return ()
+    kinds = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else ()
+    if not kinds or len(set(kinds)) != len(kinds) or any(kind not in FD_KINDS for kind in kinds):
+        raise SpecError(path, f"{where}: fd {value!r} is not one or a list of {', '.join(FD_KINDS)}")
+    return kinds
+
+
+def _overrides(path: str, where: str, raw: Any, struct: Struct) -> tuple[Field, ...]:
+    """An ioctl's ``fields``: the named fields of its struct as this ioctl uses them."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, f"{where}: fields: expected a mapping from field names to {{dir, handle, fd}}")
+    fields = {field.name: field for field in struct.fields}
+    overrides = []
+    for name, override in raw.items():
+        field_where = f"{where} field {name}"
+        _check_keys(override, _OVERRIDE_KEYS, (), field_where, path)
+        if name not in fields:
+            raise SpecError(path, f"{field_where}: struct {struct.name} has no field {name}")
+        overrides.append(_overridden(path, field_where, fields[name], override))
+    return tuple(overrides)
+
+
+def _overridden(path: str, where: str, field: Field, override: Mapping[str, Any]) -> Field:
+    """``field`` with an ioctl's override applied; its ``dir`` may only narrow ``inout``."""
+    direction = override.get("dir", field.direction)
+    if direction not in FIELD_DIRECTIONS:
+        raise SpecError(path, f"{where}: dir must be one of {', '.join(FIELD_DIRECTIONS)}")
+    if direction != field.direction and field.direction != "inout":
+        raise SpecError(path, f"{where}: dir {direction} contradicts the struct's {field.direction}; "
+                        "an override only narrows inout")
+    if field.struct is not None and ("handle" in override or "fd" in override):
+        raise SpecError(path, f"{where}: a struct-typed field takes no handle or fd")
+    merged = {"handle": field.handle, "new": field.new, "fd": list(field.fd) or None}
+    merged.update({key: override[key] for key in ("handle", "fd") if key in override})
+    return replace(field, direction=direction, **_field_kind(path, where, merged, direction))
+
+
 def _names() -> dict[str, list[str]]:
     groups = ("constants", "enums", "flagsets", "structs", "ioctls", "helpers", "packets")
     return {group: [] for group in groups}
@@ -977,6 +1085,7 @@ def _make_field(inputs: Mapping[str, Any], offset: int, size: int) -> Field:
         kernel_implicit=kernel_implicit,
         align=inputs["align"],
         struct=inputs.get("struct"),
+        **inputs["kind"],
     )
 
 
@@ -1591,6 +1700,14 @@ _PERMISSIONS_DOC = (
     "A violation gives EACCES. *Requires* lists driver features checked before the handler runs; a "
     "missing one gives EOPNOTSUPP."
 )
+_HANDLE_LABELS = {
+    "gem": "GEM handle",
+    "syncobj": "syncobj handle",
+    "ctx": "context id",
+    "seqno": "job seqno",
+    "flink": "flink name",
+}
+_FD_LABELS = {"dma_buf": "dma-buf", "sync_file": "sync_file", "syncobj": "syncobj", "eventfd": "eventfd"}
 
 
 def md(text: str) -> str:
@@ -1735,6 +1852,11 @@ def _md_ioctl(model: Model, name: str) -> list[str]:
         f"| Accepted sizes | {', '.join(map(str, ioctl.sizes))} |",
         f"| Permissions | {', '.join(ioctl.permissions) or 'none'} |",
         f"| Requires | {', '.join(ioctl.requires) or 'nothing'} |",
+    ]
+    if ioctl.overrides:
+        uses = "; ".join(", ".join(filter(None, (f"`{f.name}` {f.direction}", _md_kind(f)))) for f in ioctl.overrides)
+        lines.append(f"| Fields as used here | {uses} |")
+    lines += [
         "",
         md(ioctl.doc),
     ]
@@ -1775,8 +1897,24 @@ def _md_type(field: Field) -> str:
     return f"[`struct {field.struct}`](#struct-{field.struct})" + (f"\\[{field.count}\\]" if field.count else "")
 
 
+def _md_kind(field: Field) -> str:
+    """What a field's integer refers to ("GEM handle", "fd: dma-buf or sync_file"), or ""."""
+    if field.handle is not None:
+        label = _HANDLE_LABELS[field.handle]
+        if field.direction == "out":
+            label = f"new {label}"
+        elif field.new:
+            label = f"{label} not yet in use"
+    elif field.fd:
+        label = "fd: " + " or ".join(_FD_LABELS[kind] for kind in field.fd)
+    else:
+        return ""
+    return f"elements: {label}" if field.is_pointer else label
+
+
 def _md_field_row(field: Field, *, with_dir: bool = True) -> str:
-    notes = [f"flags: `{field.flags}`" if field.flags else "", f"enum: `{field.enum}`" if field.enum else ""]
+    notes = [_md_kind(field), f"flags: `{field.flags}`" if field.flags else ""]
+    notes += [f"enum: `{field.enum}`" if field.enum else ""]
     notes += [
         f"points to `{field.points_to}`" if field.points_to else "",
         f"since {md(field.since)}" if field.since else "",

@@ -18,12 +18,17 @@ transcriptions of kernel ABI that cannot be changed; a struct there may waive a
 struct rule the kernel header itself breaks, but only explicitly in YAML
 (``kernel-abi: {waive: [...], why: ...}``), and a waiver that is not needed is
 itself a problem, so exemptions cannot outlive their reason.
+
+Beyond the kernel's rules, a field named like a handle or an fd says which kind
+it holds (``handle:`` or ``fd:``), so that the fuzzer and the reference read it
+from the spec instead of guessing from the name.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,13 +36,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emudev.uapi.gen import SPEC_DIR, Model, SpecError, Struct, build_model, load_documents, parse_document
+from emudev.uapi.gen import (
+    SPEC_DIR,
+    Field,
+    Model,
+    SpecError,
+    Struct,
+    build_model,
+    load_documents,
+    parse_document,
+)
 
 WAIVABLE_RULES = ("explicit-padding", "u64-alignment", "user-pointer", "c-types")
 PERMISSIONS = ("render_allow", "auth", "master", "root_only")
 FEATURES = ("gem", "syncobj", "syncobj_timeline", "modeset")
 DRIVER_NR_RANGE = range(0x40, 0xA0)
 _ERRNO_NAMES = tuple(name for name in dir(errno) if name.startswith("E"))
+_INTEGER_TYPES = ("u8", "s8", "u16", "s16", "u32", "s32", "u64", "s64")
+_HANDLE_NAME_RE = re.compile(r"^(handles?|\w+_handle)$")
+_FD_NAME_RE = re.compile(r"^(fd\d*|\w+_fd)$")
+_ELEMENT_RE = re.compile(r"^\s*(\w+)\s*\[")
 _ABI_DEPENDENT_C_TYPES = (
     "bool",
     "_Bool",
@@ -81,6 +99,7 @@ def lint_model(model: Model) -> list[Problem]:
         _ioctl_numbers,
         _ioctl_vocabulary,
         _ioctl_directions,
+        _declared_kinds,
         _documentation,
     )
     for check in checks:
@@ -296,12 +315,80 @@ def _ioctl_directions(model: Model) -> list[Problem]:
     problems = []
     for ioctl in model.ioctls.values():
         lost = unreachable.get(ioctl.dir_name)
-        for field in model.structs[ioctl.struct].fields:
+        for field in model.ioctl_fields(ioctl.name):
             if lost is not None and lost in field.direction:
                 kind = f"_{ioctl.dir_name.upper()}"
                 message = f"{ioctl.name}: field {field.name} is {field.direction} but the ioctl is {kind}"
                 problems.append(Problem(ioctl.path, "direction", message))
     return problems
+
+
+# --------------------------------------------------------------------------- handle and fd kinds
+
+
+def _declared_kinds(model: Model) -> list[Problem]:
+    """A field named like a handle or an fd declares its kind, in its struct or for every ioctl using it.
+
+    An fd the device returns is exempt: it is a ticket, whatever file it stands for. Only a
+    struct that is nothing but ioctl arguments may leave the kind to each ioctl's ``fields``;
+    one nested in another or pointed at is read without an ioctl to say it.
+    """
+    reached = _reached_structs(model)
+    users: dict[str, list[str]] = defaultdict(list)
+    for ioctl in model.ioctls.values():
+        users[ioctl.struct].append(ioctl.name)
+    problems = []
+    for struct in model.structs.values():
+        if model.families[struct.family].kind == "isa":
+            continue
+        for index, field in enumerate(struct.fields):
+            if not _needs_kind(field) or _kind_known(field):
+                continue
+            if struct.name in reached or not users[struct.name]:
+                problems.append(_undeclared(struct.path, f"struct {struct.name}", struct, field, "to the field"))
+                continue
+            for name in users[struct.name]:
+                used = model.ioctl_fields(name)[index]
+                if not _kind_known(used):
+                    where = model.ioctls[name].path
+                    problems.append(_undeclared(where, name, struct, used, "to the field or to the ioctl's fields"))
+    return problems
+
+
+def _reached_structs(model: Model) -> set[str]:
+    """Structs nested in another struct or pointed at by a field's ``points-to``."""
+    reached = set()
+    for struct in model.structs.values():
+        for field in struct.fields:
+            element = _element_type(field)
+            if field.struct is not None or element in model.structs:
+                reached.add(field.struct or element)
+    return reached
+
+
+def _element_type(field: Field) -> str | None:
+    """What a pointer's ``points-to`` holds (``u32`` for ``u32[count]``), or None."""
+    match = _ELEMENT_RE.match(field.points_to or "")
+    return match[1] if match else None
+
+
+def _needs_kind(field: Field) -> bool:
+    """An integer (or a pointer to integers) named ``handle(s)``/``*_handle``, or an s32 ``fd``/``fdN``/``*_fd``."""
+    base = _element_type(field) if field.is_pointer else field.base
+    if _HANDLE_NAME_RE.match(field.name):
+        return base in _INTEGER_TYPES
+    return bool(_FD_NAME_RE.match(field.name)) and base == "s32"
+
+
+def _kind_known(field: Field) -> bool:
+    """Declared, or an fd the device returns: a ticket, whatever kind of file the call made."""
+    return field.declares_kind or (field.direction == "out" and bool(_FD_NAME_RE.match(field.name)))
+
+
+def _undeclared(path: str, where: str, struct: Struct, field: Field, remedy: str) -> Problem:
+    what = "an fd" if _FD_NAME_RE.match(field.name) else "a handle"
+    message = f"{where}: {struct.name}.{field.name} looks like {what} of no declared kind; add handle: or fd: {remedy}"
+    return Problem(path, "handle-kind", message)
 
 
 # --------------------------------------------------------------------------- documentation

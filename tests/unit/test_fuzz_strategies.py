@@ -1,9 +1,10 @@
 """The uapi fuzzer's generators (emudev.fuzz), without a daemon: driven by the spec, covering it all.
 
-Every ioctl of defs.IOCTLS gets a layout and requests in every mode; an ioctl added to
-the YAML with fields the hint table has never heard of is fuzzed all the same; the
-oracle routes requests as drm_ioctl() and the other files' switches do; every packet
-of the ISA can be drawn, and the valid templates pass the spec-level checks.
+Every ioctl of defs.IOCTLS gets a layout and requests in every mode; handle and fd roles
+come from the kinds the YAML declares, and an ioctl added to the YAML that declares none
+is fuzzed all the same; the oracle routes requests as drm_ioctl() and the other files'
+switches do; every packet of the ISA can be drawn, and the valid templates pass the
+spec-level checks.
 """
 
 from __future__ import annotations
@@ -45,10 +46,28 @@ def test_every_ioctl_of_the_spec_has_a_layout_and_a_file() -> None:
 def test_hints_name_fields_that_exist() -> None:
     """A hint left behind by a renamed field would silently stop applying."""
     model = L.spec_model()
-    for key in [*L.FIELD_HINTS, *L.NEVER_SET]:
-        owner, _, name = key.replace(":", ".").rpartition(".")
-        struct = model.ioctls[owner].struct if owner in model.ioctls else owner
+    for key in [*L.VALID_VALUE_ROLES, *L.NEVER_SET]:
+        struct, _, name = key.rpartition(".")
         assert name in {f.name for f in model.structs[struct].fields}, key
+
+
+def test_handle_and_fd_roles_come_from_the_spec_kinds() -> None:
+    """handle:, new:, fd: and an ioctl's fields: give the roles; only valid-value knowledge stays hand-written."""
+    layouts = L.ioctl_layouts()
+
+    def roles(ioctl: str) -> dict[str, str]:
+        return {f.name: f.role for f in layouts[ioctl].struct.fields}
+
+    assert roles("DRM_IOCTL_GEM_OPEN") == {"name": L.FLINK, "handle": "out:gem", "size": L.OUT}
+    assert roles("DRM_IOCTL_GEM_CHANGE_HANDLE") == {"handle": L.GEM, "new_handle": L.GEM_NEW}
+    assert roles("DRM_IOCTL_PRIME_HANDLE_TO_FD")["handle"] == L.GEM
+    assert roles("DRM_IOCTL_PRIME_HANDLE_TO_FD")["fd"] == L.OUT
+    assert roles("DRM_IOCTL_PRIME_FD_TO_HANDLE")["handle"] == "out:gem"
+    assert roles("DRM_IOCTL_PRIME_FD_TO_HANDLE")["fd"] == "fd:dma_buf"
+    assert roles("DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE")["fd"] == "fd:syncobj,sync_file"
+    assert roles("DRM_IOCTL_EMUDEV_SUBMIT")["cmd_handle"] == L.STREAM_HANDLE
+    assert (roles("DRM_IOCTL_EMUDEV_JOB_STATUS")["ctx_id"], roles("DRM_IOCTL_EMUDEV_JOB_STATUS")["seqno"]) == \
+        (L.CTX, L.SEQNO)
 
 
 def test_roles_come_from_the_spec() -> None:
@@ -137,6 +156,37 @@ def _model_with_a_new_ioctl() -> tuple[gen.Model, IoctlSpec]:
                      struct=UapiStruct, size=size, sizes=(size,), cmd=new.cmd, permissions=frozenset(),
                      errors=(("ENOENT", "x"),), doc="")
     return model, spec
+
+
+def test_kinds_declared_on_a_new_ioctl_become_its_roles() -> None:
+    """A struct shared by two ioctls: each ioctl's fields: decide what its handle and fd are."""
+    documents = copy.deepcopy(gen.load_documents())
+    doc = next(d for path, d in documents if d["family"] == "emudev")
+    doc["structs"].append({"name": "drm_emudev_swap", "doc": "A test struct.", "fields": [
+        {"name": "handle", "type": "u32", "dir": "inout", "doc": "x"},
+        {"name": "fd", "type": "s32", "dir": "inout", "doc": "x"},
+        {"name": "ctxs", "type": "ptr", "points-to": "u32[count]", "handle": "ctx", "doc": "x"},
+        {"name": "count", "type": "u32", "doc": "x"},
+        {"name": "pad", "type": "u32", "doc": "x"},
+    ]})
+    for index, (name, fields) in enumerate([
+        ("DRM_IOCTL_EMUDEV_SWAP_OUT", {"handle": {"dir": "in", "handle": "gem"}, "fd": {"dir": "out"}}),
+        ("DRM_IOCTL_EMUDEV_SWAP_IN", {"handle": {"dir": "out", "handle": "gem"},
+                                      "fd": {"dir": "in", "fd": ["dma_buf", "sync_file"]}}),
+    ]):
+        doc["ioctls"].append({"name": name, "index": 0x30 + index, "dir": "iowr", "struct": "drm_emudev_swap",
+                              "fields": fields, "doc": "A test ioctl.", "errors": [{"errno": "ENOENT", "when": "x"}]})
+    model = gen.build_model(documents)
+    specs = tuple(IoctlSpec(name=name, family="emudev", type=model.ioctls[name].type, nr=model.ioctls[name].nr,
+                            dir=model.ioctls[name].dir, struct=UapiStruct, size=24, sizes=(24,),
+                            cmd=model.ioctls[name].cmd, permissions=frozenset(), errors=(), doc="")
+                  for name in ("DRM_IOCTL_EMUDEV_SWAP_OUT", "DRM_IOCTL_EMUDEV_SWAP_IN"))
+    layouts = L.layouts_of(model, specs)
+    swap_out, swap_in = (layouts[spec.name].struct for spec in specs)
+    assert (swap_out.field("handle").role, swap_out.field("fd").role) == (L.GEM, L.OUT)
+    assert (swap_in.field("handle").role, swap_in.field("fd").role) == ("out:gem", "fd:dma_buf,sync_file")
+    assert swap_in.field("ctxs").array.elem_role == L.CTX
+    assert swap_in.field("fd").direction == "inout", "the wire direction stays the struct's"
 
 
 def test_an_ioctl_added_to_the_yaml_is_fuzzed_without_code_changes() -> None:

@@ -205,7 +205,7 @@ structs:
   - name: toy_arg
     doc: Argument.
     fields:
-      - {name: handle, type: u32, doc: Handle.}
+      - {name: handle, type: u32, handle: gem, doc: Handle.}
       - {name: flags, type: u32, flags: toy_flags, doc: Flags.}
       - {name: data, type: ptr, points-to: "u8[size]", doc: Data.}
       - {name: size, type: u64, doc: Size of data.}
@@ -307,6 +307,59 @@ def _float_field(toy: dict[str, Any]) -> None:
     _toy_fields(toy)[0]["type"] = "f32"
 
 
+def _handle_of_no_kind(toy: dict[str, Any]) -> None:
+    del _toy_fields(toy)[0]["handle"]
+
+
+def _fd_of_no_kind(toy: dict[str, Any]) -> None:
+    _toy_fields(toy).extend([{"name": "in_fd", "type": "s32", "doc": "An fd."},
+                             {"name": "pad", "type": "u32", "doc": "Zero."}])
+
+
+def _element_handle_of_no_kind(toy: dict[str, Any]) -> None:
+    """An array element struct is read without an ioctl: its own field must say the kind."""
+    _toy_fields(toy)[2]["points-to"] = "toy_elem[size]"
+    toy["structs"].insert(0, {"name": "toy_elem", "doc": "Element.", "fields": [
+        {"name": "handles", "type": "u32", "doc": "Handles."}, {"name": "pad", "type": "u32", "doc": "Zero."}]})
+
+
+def _unknown_handle_kind(toy: dict[str, Any]) -> None:
+    _toy_fields(toy)[0]["handle"] = "bo"
+
+
+def _unknown_fd_kind(toy: dict[str, Any]) -> None:
+    _toy_fields(toy)[0] = {"name": "fd", "type": "s32", "fd": ["dma_buf", "pipe"], "doc": "An fd."}
+
+
+def _new_without_handle(toy: dict[str, Any]) -> None:
+    del _toy_fields(toy)[0]["handle"]
+    _toy_fields(toy)[0]["new"] = True
+
+
+def _new_on_out(toy: dict[str, Any]) -> None:
+    _toy_fields(toy)[0].update({"dir": "out", "new": True})
+
+
+def _handle_and_fd(toy: dict[str, Any]) -> None:
+    _toy_fields(toy)[0]["fd"] = "sync_file"
+
+
+def _fd_kind_on_out(toy: dict[str, Any]) -> None:
+    _toy_fields(toy)[0] = {"name": "fd", "type": "s32", "dir": "out", "fd": "dma_buf", "doc": "An fd."}
+
+
+def _override_of_a_missing_field(toy: dict[str, Any]) -> None:
+    toy["ioctls"][0]["fields"] = {"nope": {"handle": "gem"}}
+
+
+def _override_with_new(toy: dict[str, Any]) -> None:
+    toy["ioctls"][0]["fields"] = {"handle": {"new": True}}
+
+
+def _override_contradicting_dir(toy: dict[str, Any]) -> None:
+    toy["ioctls"][0]["fields"] = {"handle": {"dir": "out"}}
+
+
 TOY_HELPER = {
     "name": "toy_zero",
     "doc": "Return zero.\n@fd: Ignored.\n\nReturn: 0.",
@@ -353,6 +406,35 @@ SEEDED_MISTAKES = [
     (_undocumented_helper, "documented: C helper toy_zero has no doc"),
     (_helper_not_inline, "schema: C helper toy_zero: code must be the static inline definition"),
     (_helper_misnamed, "schema: C helper toy_one: code must be the static inline definition of toy_one()"),
+    (
+        _handle_of_no_kind,
+        "handle-kind: DRM_IOCTL_TOY_DO: toy_arg.handle looks like a handle of no declared kind; "
+        "add handle: or fd: to the field or to the ioctl's fields",
+    ),
+    (_fd_of_no_kind, "handle-kind: DRM_IOCTL_TOY_DO: toy_arg.in_fd looks like an fd of no declared kind"),
+    (
+        _element_handle_of_no_kind,
+        "handle-kind: struct toy_elem: toy_elem.handles looks like a handle of no declared kind; "
+        "add handle: or fd: to the field",
+    ),
+    (
+        _unknown_handle_kind,
+        "schema: struct toy_arg field handle: handle 'bo' is not one of gem, syncobj, ctx, seqno, flink",
+    ),
+    (
+        _unknown_fd_kind,
+        "schema: struct toy_arg field fd: fd ['dma_buf', 'pipe'] is not one or a list of dma_buf, sync_file,",
+    ),
+    (_new_without_handle, "schema: struct toy_arg field handle: new marks a handle number the caller picks"),
+    (_new_on_out, "schema: struct toy_arg field handle: new marks a handle number the caller picks"),
+    (_handle_and_fd, "schema: struct toy_arg field handle: give handle or fd, not both"),
+    (_fd_kind_on_out, "schema: struct toy_arg field fd: fd describes an input; an fd the device returns takes none"),
+    (_override_of_a_missing_field, "schema: ioctl DRM_IOCTL_TOY_DO field nope: struct toy_arg has no field nope"),
+    (_override_with_new, "schema: ioctl DRM_IOCTL_TOY_DO field handle: unknown key(s) new"),
+    (
+        _override_contradicting_dir,
+        "schema: ioctl DRM_IOCTL_TOY_DO field handle: dir out contradicts the struct's in; an override only narrows",
+    ),
 ]
 
 
@@ -365,6 +447,59 @@ def test_linter_catches_seeded_mistakes(
 ) -> None:
     problems = _lint_toy(documents, mutate)
     assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def _shared_by_two_ioctls(toy: dict[str, Any], second: dict[str, Any] | None) -> None:
+    """handle and a new fd become inout, shared by DO (handle in, fd out) and a second ioctl."""
+    del _toy_fields(toy)[0]["handle"]
+    _toy_fields(toy)[0]["dir"] = "inout"
+    _toy_fields(toy).extend([{"name": "fd", "type": "s32", "dir": "inout", "doc": "An fd."},
+                             {"name": "pad", "type": "u32", "doc": "Zero."}])
+    toy["ioctls"][0]["fields"] = {"handle": {"dir": "in", "handle": "gem"}, "fd": {"dir": "out"}}
+    again = {**toy["ioctls"][0], "name": "DRM_IOCTL_TOY_UNDO", "index": 1}
+    toy["ioctls"].append({**again, "fields": second} if second is not None else
+                         {key: value for key, value in again.items() if key != "fields"})
+
+
+def test_ioctl_fields_declare_kinds_of_a_shared_struct(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    undo = {"handle": {"dir": "out", "handle": "gem"}, "fd": {"dir": "in", "fd": ["dma_buf", "sync_file"]}}
+    assert _lint_toy(documents, lambda toy: _shared_by_two_ioctls(toy, undo)) == []
+    toy = _toy_driver()
+    _shared_by_two_ioctls(toy, undo)
+    drm = next(data for path, data in documents if path.endswith("drm.yaml"))
+    model = gen.build_model([("drm.yaml", drm), ("toy.yaml", toy)])
+    handle, _, _, _, fd, _ = model.ioctl_fields("DRM_IOCTL_TOY_UNDO")
+    assert (handle.direction, handle.handle, fd.direction, fd.fd) == ("out", "gem", "in", ("dma_buf", "sync_file"))
+    assert model.structs["toy_arg"].fields[0].handle is None
+    docs = gen.render_docs(model)
+    assert "| Fields as used here | `handle` out, new GEM handle; `fd` in, fd: dma-buf or sync_file |" in docs
+
+
+def test_an_ioctl_without_fields_leaves_a_shared_field_of_no_kind(
+    documents: list[tuple[str, dict[str, Any]]],
+) -> None:
+    problems = _lint_toy(documents, lambda toy: _shared_by_two_ioctls(toy, None))
+    assert problems == [
+        "handle-kind: DRM_IOCTL_TOY_UNDO: toy_arg.handle looks like a handle of no declared kind; "
+        "add handle: or fd: to the field or to the ioctl's fields",
+        "handle-kind: DRM_IOCTL_TOY_UNDO: toy_arg.fd looks like an fd of no declared kind; "
+        "add handle: or fd: to the field or to the ioctl's fields",
+    ]
+
+
+def test_field_kinds_in_the_model_and_the_reference(model: gen.Model) -> None:
+    def field(struct: str, name: str) -> gen.Field:
+        return next(f for f in model.structs[struct].fields if f.name == name)
+
+    assert (field("drm_gem_change_handle", "new_handle").handle, field("drm_gem_change_handle", "new_handle").new) \
+        == ("gem", True)
+    assert field("drm_syncobj_wait", "handles").handle == "syncobj"
+    assert field("sync_merge_data", "fd2").fd == ("sync_file",)
+    assert field("dma_buf_export_sync_file", "fd").fd == (), "an fd the device returns has no kind"
+    docs = gen.render_docs(model)
+    assert "| 4 | `u32` | `new_handle` | in | Unused handle the object moves to; the old handle is closed. " \
+        "(GEM handle not yet in use) |" in docs
+    assert "| 4 | `u32` | `handle` | out | New handle for the object in this file. (new GEM handle) |" in docs
 
 
 def test_kernel_waivers_must_be_needed(documents: list[tuple[str, dict[str, Any]]]) -> None:
@@ -1062,6 +1197,10 @@ def _ioctl_key_in_isa(toy: dict[str, Any]) -> None:
     _toy_packet(toy, "SIGNAL")["fields"][1]["dir"] = "out"
 
 
+def _handle_in_isa(toy: dict[str, Any]) -> None:
+    _toy_packet(toy, "SIGNAL")["fields"][1]["handle"] = "syncobj"
+
+
 def _isa_with_ioctls(toy: dict[str, Any]) -> None:
     toy["ioctls"] = []
 
@@ -1094,6 +1233,7 @@ ISA_MISTAKES = [
     (_unknown_engine, "schema: packet SCALE: engine DRM_TOY_ENGINE_B is not a member of enum drm_toy_engine"),
     (_struct_defined_later, "c-types: struct drm_toy_pkt_header field next: 'drm_toy_vec' is not a uapi type"),
     (_ioctl_key_in_isa, "schema: struct drm_toy_pkt_signal field value: dir: no meaning in a command stream"),
+    (_handle_in_isa, "schema: struct drm_toy_pkt_signal field value: handle: no meaning in a command stream"),
     (_isa_with_ioctls, "schema: packets: a document with packets is an ISA, which has no ioctls"),
     (_opcode_without_enum, "packet-header: struct drm_toy_pkt_header: opcode must name enum drm_toy_opcode"),
     (_packet_undocumented, "documented: packet SCALE has no doc"),
