@@ -177,7 +177,10 @@ def model_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
     others = [t for t in model.graph.initializer if t.name not in shape_inputs]
     del model.graph.initializer[:]
     model.graph.initializer.extend([*others, *weights])
-    inputs = [i for i in model.graph.input if i.name not in shape_inputs]
+    # Weights are constants, not inputs a caller may override (which is what an initializer listed
+    # among the inputs means from IR 4 on: onnxruntime would then neither fold nor prepack it).
+    constants = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in shape_inputs and i.name not in constants]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, 4)  # IR 4 lets initializers stand outside the graph inputs
