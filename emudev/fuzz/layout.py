@@ -91,10 +91,7 @@ _PAD_RE = re.compile(r"^(pad|reserved)\d*$")
 _TIME_RE = re.compile(r"timeout")
 _DEADLINE_RE = re.compile(r"deadline")
 _POINT_RE = re.compile(r"^(?!zero_)(\w+_)?points?$")
-_FD_RE = re.compile(r"^(fd\d*|.*_fd)$")
-_HANDLE_RE = re.compile(r"^(handles?|.*_handle)$")
 _VA_RE = re.compile(r"^(va|.*_va)$")
-_POINTS_TO_RE = re.compile(r"^(?P<elem>\w+)\[(?P<count>\w+)\]$")
 
 
 @dataclass(frozen=True)
@@ -211,7 +208,7 @@ def _struct(model: gen.Model, name: str, ioctl: str | None,
     used = model.ioctls[ioctl].fields_of(struct) if ioctl is not None else struct.fields
     counted: dict[str, list[str]] = {}
     for field in struct.fields:
-        count = _points_to(field.points_to)[1] if field.points_to else None
+        count = _points_to(field)[1] if field.points_to else None
         if count is not None and count not in model.constants:
             counted.setdefault(count, []).append(field.name)
     strides = {f.name: _strided(struct, f.name) for f in struct.fields if f.name.endswith("_stride")}
@@ -282,18 +279,17 @@ def _role(struct: str, field: gen.Field, counted: dict[str, list[str]], strides:
         return POINT
     if _VA_RE.match(field.name) and field.base == "u64":
         return DEVICE_VA
-    if _FD_RE.match(field.name) and field.base == "s32":
+    if field.named_like_fd and field.base == "s32":
         return FD
-    if _HANDLE_RE.match(field.name):
+    if field.named_like_handle:
         return ANY_HANDLE
     return INT
 
 
-def _points_to(text: str) -> tuple[str, str]:
-    match = _POINTS_TO_RE.match(text.replace(" ", ""))
-    if not match:
-        raise ValueError(f"points-to {text!r} is not ELEM[COUNT]")
-    return match["elem"], match["count"]
+def _points_to(field: gen.Field) -> tuple[str, str]:
+    if field.pointee is None:
+        raise ValueError(f"points-to {field.points_to!r} is not ELEM[COUNT]")
+    return field.pointee
 
 
 def _strided(struct: gen.Struct, stride_field: str) -> list[str]:
@@ -302,7 +298,7 @@ def _strided(struct: gen.Struct, stride_field: str) -> list[str]:
     found = []
     for field in struct.fields:
         if field.is_pointer and field.points_to:
-            elem = _points_to(field.points_to)[0]
+            elem = _points_to(field)[0]
             if elem == stem or elem.endswith(f"_{stem}"):
                 found.append(field.name)
     return found
@@ -311,7 +307,7 @@ def _strided(struct: gen.Struct, stride_field: str) -> list[str]:
 def _array(model: gen.Model, struct: gen.Struct, field: gen.Field, strides: dict[str, list[str]],
            cache: dict[tuple[str, str | None], StructLayout]) -> ArrayLayout:
     assert field.points_to is not None
-    elem, count = _points_to(field.points_to)
+    elem, count = _points_to(field)
     constant = model.constants.get(count)
     elem_struct = _struct(model, elem, None, cache) if elem in model.structs else None
     elem_size = elem_struct.size if elem_struct else gen.SCALAR_SIZES[elem]
@@ -324,7 +320,7 @@ def _array(model: gen.Model, struct: gen.Struct, field: gen.Field, strides: dict
         elem_role = STRING
     elif _POINT_RE.search(field.name):
         elem_role = POINT
-    elif _HANDLE_RE.match(field.name):
+    elif field.named_like_handle:
         elem_role = ANY_HANDLE
     else:
         elem_role = INT

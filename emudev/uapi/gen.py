@@ -152,6 +152,10 @@ SCALAR_SIZES = {
 DIRECTIONS = {"io": IOC_NONE, "ior": IOC_READ, "iow": IOC_WRITE, "iowr": IOC_READ | IOC_WRITE}
 FIELD_DIRECTIONS = ("in", "out", "inout")
 _TYPE_RE = re.compile(r"^(?P<base>[a-z0-9_]+)(?:\[(?P<count>[1-9][0-9]*)\])?$")
+_POINTS_TO_RE = re.compile(r"^(?P<elem>\w+)\[(?P<count>\w+)\]$")
+# Names that say "handle" or "fd": the linter asks such fields for a handle: or fd: kind.
+_HANDLE_NAME_RE = re.compile(r"^(handles?|\w+_handle)$")
+_FD_NAME_RE = re.compile(r"^(fd\d*|\w+_fd)$")
 
 _TOP_KEYS = {
     "family",
@@ -272,6 +276,20 @@ class Field:
     @property
     def is_pointer(self) -> bool:
         return self.base == "ptr"
+
+    @property
+    def pointee(self) -> tuple[str, str] | None:
+        """``points-to`` as (element type, count): ("u32", "count_handles"); None if absent or malformed."""
+        match = _POINTS_TO_RE.match((self.points_to or "").replace(" ", ""))
+        return (match["elem"], match["count"]) if match else None
+
+    @property
+    def named_like_handle(self) -> bool:
+        return bool(_HANDLE_NAME_RE.match(self.name))
+
+    @property
+    def named_like_fd(self) -> bool:
+        return bool(_FD_NAME_RE.match(self.name))
 
     @property
     def declares_kind(self) -> bool:

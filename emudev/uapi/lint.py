@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,9 +52,6 @@ FEATURES = ("gem", "syncobj", "syncobj_timeline", "modeset")
 DRIVER_NR_RANGE = range(0x40, 0xA0)
 _ERRNO_NAMES = tuple(name for name in dir(errno) if name.startswith("E"))
 _INTEGER_TYPES = ("u8", "s8", "u16", "s16", "u32", "s32", "u64", "s64")
-_HANDLE_NAME_RE = re.compile(r"^(handles?|\w+_handle)$")
-_FD_NAME_RE = re.compile(r"^(fd\d*|\w+_fd)$")
-_ELEMENT_RE = re.compile(r"^\s*(\w+)\s*\[")
 _ABI_DEPENDENT_C_TYPES = (
     "bool",
     "_Bool",
@@ -360,33 +356,30 @@ def _reached_structs(model: Model) -> set[str]:
     reached = set()
     for struct in model.structs.values():
         for field in struct.fields:
-            element = _element_type(field)
+            element = field.pointee[0] if field.pointee else None
             if field.struct is not None or element in model.structs:
                 reached.add(field.struct or element)
     return reached
 
 
-def _element_type(field: Field) -> str | None:
-    """What a pointer's ``points-to`` holds (``u32`` for ``u32[count]``), or None."""
-    match = _ELEMENT_RE.match(field.points_to or "")
-    return match[1] if match else None
-
-
 def _needs_kind(field: Field) -> bool:
     """An integer (or a pointer to integers) named ``handle(s)``/``*_handle``, or an s32 ``fd``/``fdN``/``*_fd``."""
-    base = _element_type(field) if field.is_pointer else field.base
-    if _HANDLE_NAME_RE.match(field.name):
+    if field.is_pointer:
+        base = field.pointee[0] if field.pointee else None
+    else:
+        base = field.base
+    if field.named_like_handle:
         return base in _INTEGER_TYPES
-    return bool(_FD_NAME_RE.match(field.name)) and base == "s32"
+    return field.named_like_fd and base == "s32"
 
 
 def _kind_known(field: Field) -> bool:
     """Declared, or an fd the device returns: a ticket, whatever kind of file the call made."""
-    return field.declares_kind or (field.direction == "out" and bool(_FD_NAME_RE.match(field.name)))
+    return field.declares_kind or (field.direction == "out" and field.named_like_fd)
 
 
 def _undeclared(path: str, where: str, struct: Struct, field: Field, remedy: str) -> Problem:
-    what = "an fd" if _FD_NAME_RE.match(field.name) else "a handle"
+    what = "an fd" if field.named_like_fd else "a handle"
     message = f"{where}: {struct.name}.{field.name} looks like {what} of no declared kind; add handle: or fd: {remedy}"
     return Problem(path, "handle-kind", message)
 
