@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emudev.drm.completion import Completion
+from emudev.engine.semaphore import doorbell
 
 if TYPE_CHECKING:
     from emudev.gem.object import GemObject
@@ -37,4 +38,8 @@ class CpuView:
         self._invalidate(self._nodeid, start, obj.size, lambda: done.complete(0))
         return done
 
-    end = begin
+    def end(self, obj: GemObject, offset: int | None = None) -> int | Completion:
+        """As begin(), at the end of CPU access, which may have written a semaphore word an
+        engine waits on: the waiters look again (pages written back ring once more)."""
+        doorbell.ring()
+        return self.begin(obj, offset)

@@ -180,7 +180,6 @@ def dma_buf_sync(file: DmaBufFile, args: defs.dma_buf_sync, user: UserMemory) ->
         raise OSError(errno.EINVAL, "bad DMA_BUF_SYNC flags")
     obj = file.dmabuf.obj
     if args.flags & defs.DMA_BUF_SYNC_END:
-        doorbell.ring()
         return file.cpu_view.end(obj, 0)
     usage = Usage.READ if args.flags & defs.DMA_BUF_SYNC_WRITE else Usage.WRITE
     return then(wait_all(obj.resv.fences(usage), None), lambda: file.cpu_view.begin(obj, 0))

@@ -10,7 +10,6 @@ from emudev.driver.fault_inject import enomem
 from emudev.drm.file import DrmFile
 from emudev.drm.ioctl import ioctl_handler
 from emudev.drm.usermem import UserMemory
-from emudev.engine.semaphore import doorbell
 from emudev.gem.memory import page_align
 from emudev.gem.object import GemObject
 from emudev.sync.fence_wait import Result, then, wait_all
@@ -182,5 +181,4 @@ def bo_fini(file: DrmFile, args: defs.drm_emudev_bo_fini, user: UserMemory) -> R
     obj = lookup(file, args.handle)
     if check.active is not None:
         check.active.cpu_access_ended(file, obj)
-    doorbell.ring()  # the CPU may have written a semaphore word an engine waits on
     return file.cpu_view.end(obj)
