@@ -205,9 +205,12 @@ def _sdp(p: defs.drm_emudev_pkt_sdp) -> list[Access]:
         bool(p.bias_va), p.left_shift))
     _activation(p.act, p.dst)
     channels = p.dst.dims[3]
-    if p.dst.dtype != _INT8 and (p.src_multiplier or p.src_shift or p.src2_multiplier or p.src2_shift
-                                 or p.left_shift):
-        raise _Reject("the int8 rescale fields must be zero for a floating-point dst")
+    converting = none and (p.src.dtype == _INT8) != (p.dst.dtype == _INT8)
+    if (converting or p.dst.dtype != _INT8) and (p.src_multiplier or p.src_shift or p.src2_multiplier
+                                                 or p.src2_shift or p.left_shift):
+        raise _Reject("the int8 rescale fields must be zero unless both src and dst are int8")
+    if converting and (p.requant.table_va or p.requant.multiplier or p.requant.shift):
+        raise _Reject("quantising scales with scale_va: requant gives only act_min, act_max")
     if (p.dst.dtype == _INT8 and p.op in (defs.DRM_EMUDEV_SDP_MAX, defs.DRM_EMUDEV_SDP_MIN)
             and not p.src.zero_point == p.src2.zero_point == p.dst.zero_point):
         raise _Reject("int8 MAX and MIN need src, src2 and dst to share the zero point")

@@ -548,9 +548,9 @@ DRM_IOCTL_EMUDEV_JOB_STATUS = 0xC0486449
 
 # emudev_isa ---------------------------------------------------------------------------------------
 
-#: Version of the command-stream ISA, (major << 16) | minor, here 1.0; DRM_EMUDEV_PARAM_ISA_VERSION
+#: Version of the command-stream ISA, (major << 16) | minor, here 1.1; DRM_EMUDEV_PARAM_ISA_VERSION
 #: reports the device's.
-DRM_EMUDEV_ISA_VERSION = 0x10000
+DRM_EMUDEV_ISA_VERSION = 0x10001
 
 #: Largest value of one tensor dim.
 DRM_EMUDEV_MAX_TENSOR_DIM = 65535
@@ -2372,7 +2372,12 @@ class drm_emudev_pkt_sdp(UapiStruct):
         "shift after a left shift) or MUL (product of the offset inputs), each followed by the "
         "requantisation; or MAX and MIN, whose operands must share the output's quantisation (same zero "
         "point, EINVAL otherwise) and whose result is only clamped to [act_min, act_max]. With op NONE and "
-        "int8 src and dst it requantises."
+        "int8 src and dst it requantises. With op NONE between int8 and fp32 or fp16 it converts: an int8 "
+        "src enters as (src - src.zero_point) in fp32 and goes through scale, bias and the activation "
+        "(dequantisation, scale_va holding the quantisation scale); an int8 dst takes t = src * scale[c] + "
+        "bias[c], rounded half to even, plus dst.zero_point, clamped to [requant.act_min, requant.act_max] "
+        "(a NaN to act_min); quantisation passes 1 / scale in scale_va, act must be NONE and requant's "
+        "multiplier, shift and table_va zero."
     )
     _fields_ = [
         ("header", drm_emudev_pkt_header),
@@ -2409,7 +2414,7 @@ class drm_emudev_pkt_sdp(UapiStruct):
         FieldSpec("dst", "drm_emudev_tensor", 112, 48, "Result.", None, None, False, "in"),
         FieldSpec(
             "scale_va", "u64", 160, 8,
-            "Address of C fp32 per-channel scales (folded batch norm), or 0.",
+            "Address of C fp32 per-channel scales (folded batch norm, conversion scales), or 0.",
             None, None, False, "in",
         ),
         FieldSpec(
@@ -3895,7 +3900,12 @@ PACKETS: dict[int, PacketSpec] = {
             "and shift after a left shift) or MUL (product of the offset inputs), each followed by the "
             "requantisation; or MAX and MIN, whose operands must share the output's quantisation (same "
             "zero point, EINVAL otherwise) and whose result is only clamped to [act_min, act_max]. With op "
-            "NONE and int8 src and dst it requantises."
+            "NONE and int8 src and dst it requantises. With op NONE between int8 and fp32 or fp16 it "
+            "converts: an int8 src enters as (src - src.zero_point) in fp32 and goes through scale, bias "
+            "and the activation (dequantisation, scale_va holding the quantisation scale); an int8 dst "
+            "takes t = src * scale[c] + bias[c], rounded half to even, plus dst.zero_point, clamped to "
+            "[requant.act_min, requant.act_max] (a NaN to act_min); quantisation passes 1 / scale in "
+            "scale_va, act must be NONE and requant's multiplier, shift and table_va zero."
         ),
         variable_length=False,
     ),

@@ -14,6 +14,7 @@ independent of them, within one quantum of exact integer / float arithmetic done
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -727,6 +728,60 @@ def add_params(s1: float, s2: float, so: float) -> tuple[dict[str, int], int, in
     (mo,), (sho,) = multipliers(np.array([twice_max / ((1 << 20) * so)]))
     return (dict(src_multiplier=int(m1), src_shift=int(sh1), src2_multiplier=int(m2), src2_shift=int(sh2),
                  left_shift=20), int(mo), int(sho))
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_sdp_converts_between_int8_and_float(npu: Npu, dtype: np.typing.DTypeLike) -> None:
+    """int8 -> float -> int8 in one job: dequantise with per-channel scales, then quantise with a fused
+    ReLU as the clamp (act_min = the zero point); bit for bit against the kernels in-process."""
+    rng = rng_for("sdp-convert", np.dtype(dtype).name)
+    x = int8_data(rng, DIMS)
+    scales = rng.uniform(0.01, 0.1, DIMS[3]).astype(F32)
+    inverse = np.full(DIMS[3], 1 / 0.04, F32)
+    item = np.dtype(dtype).itemsize
+    src = npu.place(x, offset=3, strides=window(DIMS, I8, (0, 1, 0, 2)), zero_point=-6)
+    mid = npu.empty(DIMS, dtype, offset=2 * item, strides=window(DIMS, dtype, (1, 0, 1, 0)))
+    dst = npu.empty(DIMS, I8, offset=5, strides=window(DIMS, I8, (0, 0, 1, 3)), zero_point=4)
+    stream = CommandStream()
+    stream.packet("SDP", op=defs.DRM_EMUDEV_SDP_NONE, src=src.t, dst=mid.t, scale_va=npu.table(scales))
+    stream.packet("SDP", op=defs.DRM_EMUDEV_SDP_NONE, src=mid.t, dst=dst.t, scale_va=npu.table(inverse),
+                  requant=dict(act_min=4, act_max=127))
+    npu.run(stream)
+    want_mid = np.empty(DIMS, dtype)
+    sdp.sdp(x, None, want_mid, scale=scales, src_zero_point=-6)
+    assert mid.read().tobytes() == want_mid.tobytes()
+    assert_close(mid.read(), (x.astype(F32) + 6) * scales, dtype)
+    want = np.empty(DIMS, I8)
+    sdp.sdp(want_mid, None, want, scale=inverse, requant=Requant(0, 0, 4, 127, 4))
+    assert dst.read().tobytes() == want.tobytes()
+    assert_within_one(dst.read(), np.clip(np.rint((x + 6.0) * scales / 0.04) + 4, 4, 127))
+
+
+def test_sdp_conversions_outside_the_rules_are_einval(npu: Npu) -> None:
+    """A conversion takes its scale from scale_va only, clamps an int8 dst with requant only, and
+    converts int8 to and from float types only."""
+    f32 = npu.empty(DIMS, F32)
+    i8 = npu.empty(DIMS, I8)
+    i32 = npu.empty(DIMS, I32)
+    none = defs.DRM_EMUDEV_SDP_NONE
+    bad = [dict(src=i8.t, dst=f32.t, left_shift=20),
+           dict(src=i8.t, dst=f32.t, src_multiplier=1 << 30),
+           dict(src=f32.t, dst=i8.t, requant=dict(multiplier=1 << 30, act_min=-128, act_max=127)),
+           dict(src=f32.t, dst=i8.t, requant=dict(table_va=npu.table(np.zeros(2 * DIMS[3], I32)), act_min=-128,
+                                                  act_max=127)),
+           dict(src=f32.t, dst=i8.t, act=ACTS["relu"], requant=dict(act_min=-128, act_max=127)),
+           dict(src=f32.t, dst=i8.t, requant=dict(act_min=-129, act_max=127)),
+           dict(src=i8.t, dst=i32.t),
+           dict(src=i32.t, dst=i8.t, requant=dict(act_min=-128, act_max=127))]
+    for fields in bad:
+        cmd, size = upload_stream(npu.dev, CommandStream().packet("SDP", op=none, **fields))
+        with cmd:
+            try:
+                npu.ctx.submit(cmd, size, bos=[(bo, READ | WRITE) for bo in npu.bos])
+            except OSError as e:
+                assert e.errno == errno.EINVAL, fields
+            else:
+                pytest.fail(f"SUBMIT took {fields}")
 
 
 INT8_SDP_CASES = [("add", "full", (-128, 127), 0.07), ("add", "channel-0-strides", (-20, 127), 0.07),

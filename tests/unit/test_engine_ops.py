@@ -34,11 +34,13 @@ RNG = np.random.default_rng(20240611)
 # onnxruntime helpers
 
 
-def run_onnx(nodes: list, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = ("y",)) -> list[np.ndarray]:
+def run_onnx(nodes: list, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = ("y",),
+             out_type: int | None = None) -> list[np.ndarray]:
     """Run a graph of onnx nodes on the given named inputs; every input is a graph input."""
-    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
+            np.dtype(np.int8): TensorProto.INT8}
     g_in = [helper.make_tensor_value_info(k, elem[v.dtype], list(v.shape)) for k, v in inputs.items()]
-    g_out = [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in outputs]
+    g_out = [helper.make_tensor_value_info(k, out_type or TensorProto.FLOAT, None) for k in outputs]
     graph = helper.make_graph(nodes, "t", g_in, g_out)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -816,6 +818,53 @@ def test_sdp_float_none_and_in_place() -> None:
     np.testing.assert_allclose(r, want, rtol=1e-6, atol=1e-6)
 
 
+@needs_ort
+@pytest.mark.parametrize("dst_type", [np.float32, np.float16])
+def test_sdp_dequantise_vs_onnx(dst_type) -> None:
+    """int8 -> float is ONNX's DequantizeLinear exactly: (x - zero point) * scale in fp32."""
+    x = rand_i8((2, 3, 4, 5))
+    x.flat[:2] = [-128, 127]
+    scale, zp = np.float32(0.0371), np.int8(-9)
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"])]
+    (want,) = run_onnx(nodes, {"x": x, "s": np.array(scale), "z": np.array(zp)})
+    dst = np.zeros(x.shape, dst_type)
+    sdp.sdp(x, None, dst, scale=np.full(5, scale), src_zero_point=int(zp))
+    np.testing.assert_array_equal(dst, want.astype(dst_type))
+    # per channel, then a bias and an activation of the float pipeline; the source read in place of a view
+    scales, bias = rand((5,)), rand((5,))
+    dst = np.zeros(x.shape, np.float32)
+    sdp.sdp(strided_copy(x), None, dst, scale=scales, bias=bias, src_zero_point=3, act=Activation(activation.ACT_RELU))
+    np.testing.assert_allclose(dst, np.maximum((x.astype(np.float32) - 3) * scales + bias, 0), rtol=1e-6, atol=1e-6)
+
+
+@needs_ort
+def test_sdp_quantise_vs_onnx() -> None:
+    """float -> int8 multiplies by the reciprocal scale it is given and rounds half to even; ONNX's
+    QuantizeLinear divides, which differs at most by one step, only next to a tie."""
+    x = rand((2, 3, 4, 50), scale=3.0)
+    scale, zp = np.float32(0.02), np.int8(5)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])]
+    (want,) = run_onnx(nodes, {"x": x, "s": np.array(scale), "z": np.array(zp)}, out_type=TensorProto.INT8)
+    dst = np.zeros(x.shape, np.int8)
+    sdp.sdp(x, None, dst, scale=np.full(50, 1 / scale, np.float32), requant=Requant(0, 0, -128, 127, int(zp)))
+    assert np.abs(dst.astype(int) - want).max() <= 1 and (dst == want).mean() > 0.999
+    exact = np.clip(np.rint(x * np.float32(1 / scale)) + 5, -128, 127)
+    np.testing.assert_array_equal(dst, exact)
+
+
+def test_sdp_quantise_rounding_clamp_and_specials() -> None:
+    """Ties round to even; the clamp is requant's [act_min, act_max] (a fused ReLU here), NaN goes to act_min."""
+    x = np.array([0.125, 0.375, -0.125, -0.375, 100.0, -100.0, np.inf, -np.inf, np.nan, 1.0], np.float32)
+    src = x.reshape(1, 1, 10, 1)
+    want = np.array([0, 2, 0, -2, 127, -128, 127, -128, -128, 4], np.int8).reshape(src.shape)
+    dst = np.zeros(src.shape, np.int8)
+    sdp.sdp(src, None, dst, scale=np.array([4.0], np.float32), requant=Requant(0, 0, -128, 127, 0))
+    np.testing.assert_array_equal(dst, want)
+    sdp.sdp(src.astype(np.float16), None, dst, scale=np.array([4.0], np.float32), bias=np.array([1.0], np.float32),
+            requant=Requant(0, 0, -3, 100, -3))
+    np.testing.assert_array_equal(dst.ravel(), [-1, -1, -3, -3, 100, -3, 100, -3, -3, 2])
+
+
 @pytest.mark.parametrize("sub", [False, True])
 @pytest.mark.parametrize("left_shift", [20, 0, 24])  # 24: (x + offset) << 24 overflows int32 and wraps
 def test_sdp_int8_add_sub_vs_tflite(sub: bool, left_shift: int) -> None:
@@ -1102,6 +1151,14 @@ def test_check_sdp() -> None:
                    {**i8, "has_requant": False}, {**i8, "act_fn": activation.ACT_RELU}, {**i8, "left_shift": 32},
                    {**i8, "src2_dtype": FP32}, {"src_dtype": INT32}]:
         assert isinstance(sdp.check_sdp(**{**ok, **change}), str), change
+    # op NONE between int8 and float converts, with or without scale and bias
+    none = {**ok, "op": sdp.SDP_NONE, "src2_dims": None, "src2_dtype": None}
+    dequantise = {**none, "src_dtype": INT8, "dst_dtype": FP32, "act_fn": activation.ACT_SIGMOID}
+    quantise = {**none, "src_dtype": FP16, "dst_dtype": INT8, "act_fn": 0, "has_requant": True, "has_scale": True}
+    assert sdp.check_sdp(**dequantise) is None and sdp.check_sdp(**quantise) is None
+    for change in [{**dequantise, "dst_dtype": INT32}, {**quantise, "src_dtype": INT32},
+                   {**quantise, "act_fn": activation.ACT_RELU}, {**dequantise, "op": sdp.SDP_ADD}]:
+        assert isinstance(sdp.check_sdp(**change), str), change
 
 
 def test_check_pool() -> None:

@@ -825,7 +825,7 @@ def test_isa_is_its_own_kind_of_family(model: gen.Model) -> None:
     assert (family.kind, family.type, family.ioctls) == ("isa", None, ())
     assert "emudev_isa" not in defs.FAMILIES
     assert model.driver_family().name == "emudev" and model.driver_isas() == [family]
-    assert defs.DRM_EMUDEV_ISA_VERSION == 1 << 16 | 0
+    assert defs.DRM_EMUDEV_ISA_VERSION == 1 << 16 | 1
     assert defs.PACKETS_BY_NAME["CONV"].struct is defs.drm_emudev_pkt_conv
 
 

@@ -13,8 +13,9 @@ from compiler_helpers import make_model, node, rand, reference
 from compiler_nets import lenet, mlp
 
 from emudev.testing import MountedEmudev
+from emudev.uapi import defs
 from userspace.compiler import CompileError, JobError, UnsupportedOperator, compile
-from userspace.libaccel import Device, SwSyncTimeline
+from userspace.libaccel import Device, SwSyncTimeline, isa_compatible
 
 
 def test_unsupported_operator_is_named(device):
@@ -59,6 +60,24 @@ def test_int8_needs_calibration(device):
         compile(mlp(2), device, dtype="int8")
     with pytest.raises(CompileError, match="dtype"):
         compile(mlp(2), device, dtype="fp16")
+
+
+class OlderIsa:
+    """The device as one of ISA 1.0 would answer: everything else asked of it is the real one's."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def get_param(self, param: int, index: int = 0) -> int:
+        if param == defs.DRM_EMUDEV_PARAM_ISA_VERSION:
+            return 1 << 16
+        return self.device.get_param(param, index)
+
+
+def test_older_isa_is_refused_before_anything_is_uploaded(device):
+    assert isa_compatible(defs.DRM_EMUDEV_ISA_VERSION) and not isa_compatible(2 << 16)
+    with pytest.raises(CompileError, match=r"the device runs ISA 1\.0; the compiler's streams need ISA 1\.1"):
+        compile(mlp(), OlderIsa(device))
 
 
 def test_too_little_device_memory_is_enomem():

@@ -27,7 +27,7 @@ from userspace.compiler.lower import Lowering, int8_nodes, quant_groups
 from userspace.compiler.plan import plan_memory
 from userspace.compiler.quant import shared_params
 from userspace.compiler.runtime import JOB_FRACTION, CompiledModel, Port, Timings
-from userspace.libaccel import Device
+from userspace.libaccel import Device, isa_compatible, version_text
 
 __all__ = ["CompileError", "CompiledModel", "JobError", "Timings", "UnsupportedOperator", "compile"]
 
@@ -46,6 +46,10 @@ def compile(model: frontend.ModelLike, device: Device, dtype: str = "fp32",
     """
     if dtype not in ("fp32", "int8"):
         raise CompileError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
+    isa = device.get_param(defs.DRM_EMUDEV_PARAM_ISA_VERSION)
+    if not isa_compatible(isa):
+        raise CompileError(f"the device runs ISA {version_text(isa)}; the compiler's streams need ISA "
+                           f"{version_text(defs.DRM_EMUDEV_ISA_VERSION)}")
     started = time.perf_counter()
     graph = frontend.import_model(model, input_shapes)
     int8: set[str] = set()

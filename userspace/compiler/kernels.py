@@ -1,4 +1,4 @@
-"""Kernels: one device packet (or one CPU step) each, with the views it reads and writes.
+"""Kernels: one device packet each, with the views it reads and writes.
 
 Lowering produces kernels whose operands are Views of storages not yet placed; once the
 planner has given every storage its offset, `fields()` turns them into the packet fields
@@ -8,11 +8,8 @@ The read and write sets are what the scheduler orders engines by.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from emudev.uapi import defs
 from userspace.compiler.errors import CompileError
@@ -32,7 +29,6 @@ ENGINE_OF = {
 ENGINE_NAMES = {value: name.removeprefix("DRM_EMUDEV_ENGINE_").lower()
                 for name, value in defs.ENUMS["drm_emudev_engine"].members.items()}
 ENGINE_COUNT = max(ENGINE_NAMES) + 1
-CPU = -1  # the "engine" of CPU steps, which end one job and begin the next
 
 
 @dataclass(frozen=True)
@@ -55,18 +51,17 @@ class RequantSpec:
 
 @dataclass(eq=False)
 class Kernel:
-    packet: str  # ISA packet name, or "CPU"
+    packet: str  # ISA packet name
     fields: dict[str, Any]
     reads: list[View]
     writes: list[View]
     node: str  # label of the ONNX node it implements
-    cpu: Callable[[Callable[[View], np.ndarray]], None] | None = None  # a CPU step, given a view -> array map
     index: int = -1
     cost: float = 0.0  # estimated seconds on the device, to keep every job well inside the job timeout
 
     @property
     def engine(self) -> int:
-        return CPU if self.packet == "CPU" else ENGINE_OF[self.packet]
+        return ENGINE_OF[self.packet]
 
     def storages(self) -> list[Storage]:
         return [v.storage for v in (*self.reads, *self.writes)]

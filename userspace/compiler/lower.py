@@ -11,15 +11,15 @@ not even that when the flattened tensor only feeds constant-weight matrix produc
 weight rows are permuted to the stored order instead).
 
 In int8 mode every node runs in the int8 domain when the ISA has an int8 form for it and
-the fp32 domain otherwise; where a value crosses domains a CPU step (de)quantises it, which
-splits the work into several jobs (the device has no int8 <-> fp32 conversion).
+the fp32 domain otherwise; where a value crosses domains an SDP conversion (de)quantises it,
+so the whole network stays on the device.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -223,19 +223,21 @@ class Lowering:
         return self.converted[key]
 
     def _convert(self, name: str, view: View, to_int8: bool) -> View:
-        """A CPU step between jobs: quantise or dequantise a value (no device conversion exists)."""
+        """An SDP conversion of a value crossing domains: int8 -> fp32 scales by s, fp32 -> int8 by 1 / s."""
         params = self.qp.get(name)
         if params is None:
             raise CompileError(f"value '{name}' has no calibration range", self._label())
         order = physical_order(view)
-        out = self._alloc(f"{name}::{'q' if to_int8 else 'dq'}", view.shape, I8 if to_int8 else F32, order,
+        suffix = "q" if to_int8 else "dq"
+        out = self._alloc(f"{name}::{suffix}", view.shape, I8 if to_int8 else F32, order,
                           params.zero_point if to_int8 else 0)
-
-        def step(array_of: Callable[[View], np.ndarray], src: View = view, dst: View = out) -> None:
-            data = array_of(src)
-            array_of(dst)[...] = params.quantize(data) if to_int8 else params.dequantize(data)
-
-        self.kernels.append(Kernel("CPU", {}, [view], [out], self._label(), cpu=step))
+        channels = out.permute(order).as4d().shape[3]
+        scale = self.const(np.full(channels, 1 / params.scale if to_int8 else params.scale, F32), F32,
+                           f"{name}::{suffix}scale")
+        extra: dict[str, object] = {"scale_va": Addr(scale)}
+        if to_int8:
+            extra["requant"] = RequantSpec()
+        self._sdp(defs.DRM_EMUDEV_SDP_NONE, view, None, out, [view, scale], [out], **extra)
         return out
 
     def _label(self) -> str:

@@ -26,7 +26,7 @@ from userspace.compiler.kernels import ENGINE_NAMES, Addresses, Kernel
 from userspace.compiler.layout import View
 from userspace.compiler.plan import SEMAPHORE_BYTES, MemoryPlan
 from userspace.compiler.quant import QParams
-from userspace.compiler.schedule import ScheduleStats, Segment, schedule
+from userspace.compiler.schedule import ScheduleStats, Stream, schedule
 from userspace.libaccel import DEVICE_READ_ONLY, MAPPABLE, READ, WRITE, Bo, Context, Device, DmaBuf, Job, Syncobj
 
 JOB_FRACTION = 0.1  # of the device's job timeout, by estimate, per job: a 10x margin for loaded machines
@@ -45,6 +45,9 @@ class Port:
     const: np.ndarray | None = None
 
 
+RUN_PHASES = ("write_inputs", "device", "read_outputs")  # the Timings fields a run splits into, in order
+
+
 @dataclass
 class Timings:
     """Seconds spent per phase; the run fields describe the last run()."""
@@ -55,7 +58,6 @@ class Timings:
     write_inputs: float = 0.0
     device: float = 0.0  # wall time from the first SUBMIT to the last job's completion
     device_busy: float = 0.0  # sum over jobs of start -> end as JOB_STATUS reports it
-    cpu_steps: float = 0.0
     read_outputs: float = 0.0
     runs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,8 +85,8 @@ class CompiledModel:
         self.stats: dict[str, int] = {}
         self._bos: list[Bo] = []
         self._context: Context | None = None
-        self._segments: list[Segment] = []
-        self._stream_offsets: list[list[int]] = []
+        self._streams: list[Stream] = []
+        self._stream_offsets: list[int] = []
         self._last_profile: list[dict[str, Any]] = []
         self._inflight: PendingRun | None = None
         self._banned = False  # the context was banned (a job timed out): the next run gets a new one
@@ -125,16 +127,13 @@ class CompiledModel:
         timestamps = self.arena.device_va + plan.timestamp_offset if self.profile_enabled else 0
         self._job_timeout_s = self.device.get_param(defs.DRM_EMUDEV_PARAM_JOB_TIMEOUT_MS) / 1000
         job_seconds = self._job_timeout_s * JOB_FRACTION
-        self._segments, stats = schedule(self.kernels, addresses, self.arena.device_va + plan.semaphore_offset,
-                                         max_cmd, timestamps, job_seconds)
+        self._streams, stats = schedule(self.kernels, addresses, self.arena.device_va + plan.semaphore_offset,
+                                        max_cmd, timestamps, job_seconds)
         blob = bytearray()
-        for segment in self._segments:
-            offsets = []
-            for stream in segment.streams:
-                offsets.append(len(blob))
-                blob.extend(stream.data)
-                blob.extend(bytes(-len(blob) % defs.DRM_EMUDEV_PKT_ALIGN))
-            self._stream_offsets.append(offsets)
+        for stream in self._streams:
+            self._stream_offsets.append(len(blob))
+            blob.extend(stream.data)
+            blob.extend(bytes(-len(blob) % defs.DRM_EMUDEV_PKT_ALIGN))
         if blob:
             self.cmd = self._create_bo("command buffer BO", len(blob), MAPPABLE)
             _upload_bytes(self.cmd, bytes(blob))
@@ -151,8 +150,8 @@ class CompiledModel:
     __call__ = run
 
     def start(self, inputs: Inputs, wait: Sequence[tuple[Syncobj, int]] = ()) -> PendingRun:
-        """Write the inputs and submit the first job(s) without waiting; `wait` holds syncobj points
-        (of this device file) the first job waits for, e.g. a producer's. Finish with .result()."""
+        """Write the inputs and submit the jobs without waiting; `wait` holds syncobj points (of this
+        device file) the first job waits for, e.g. a producer's. Finish with .result()."""
         if self._context is None:
             raise ValueError("the model is closed")
         if self._inflight is not None:
@@ -171,17 +170,11 @@ class CompiledModel:
                 target = _array(memory, port.view)
                 target[...] = port.qparams.quantize(array) if port.qparams else array
         t.write_inputs = time.perf_counter() - started
-        t.device = t.device_busy = t.cpu_steps = 0.0
-        pending = PendingRun(self, started)
-        self._inflight = pending
-        try:
-            pending.advance(list(wait), stop_after_submit=True)
-        except BaseException:
-            self._inflight = None
-            raise
-        return pending
+        t.device = t.device_busy = 0.0
+        self._inflight = PendingRun(self, started, self._submit(wait))
+        return self._inflight
 
-    def _finish(self, pending: PendingRun, outstanding: Outstanding | None) -> list[np.ndarray]:
+    def _finish(self, pending: PendingRun, outstanding: Outstanding) -> list[np.ndarray]:
         t = self.timings
         results = []
         with self._bracket(write=False, outstanding=outstanding) as memory:
@@ -198,13 +191,6 @@ class CompiledModel:
         t.run = time.perf_counter() - pending.started
         t.runs += 1
         return results
-
-    def _run_cpu(self, segment: Segment, outstanding: Outstanding | None) -> None:
-        with self._bracket(write=True, outstanding=outstanding) as memory:
-            for kernel in segment.kernels:
-                assert kernel.cpu is not None
-                kernel.cpu(lambda view, memory=memory: _array(memory, view))
-        self.timings.cpu_steps += time.perf_counter() - self._ready_at
 
     def _inputs(self, inputs: Inputs) -> list[np.ndarray]:
         if isinstance(inputs, np.ndarray):
@@ -231,21 +217,23 @@ class CompiledModel:
             arrays.append(array)
         return arrays
 
-    def _submit(self, index: int, segment: Segment, wait: list[tuple[Syncobj, int]]) -> Outstanding:
-        """Queue a device segment's jobs (in order on the model's context); the first one waits for `wait`."""
+    def _submit(self, wait: Sequence[tuple[Syncobj, int]]) -> Outstanding:
+        """Queue the jobs (in order on the model's context); the first one waits for `wait`."""
         assert self._context is not None
+        submitted = time.perf_counter()
+        if not self._streams:
+            return Outstanding([], submitted)
         bos = [(self.cmd, READ), (self.weights, READ), (self.arena, READ | WRITE)]
         jobs: list[tuple[Job, int]] = []
-        submitted = time.perf_counter()
-        for number, (stream, offset) in enumerate(zip(segment.streams, self._stream_offsets[index], strict=True)):
+        for number, (stream, offset) in enumerate(zip(self._streams, self._stream_offsets, strict=True)):
             try:
                 job = self._context.submit(self.cmd, stream.size, bos=bos, wait=wait if number == 0 else (),
                                            offset=offset)
             except OSError as e:
-                raise OSError(e.errno, f"SUBMIT of job {number + 1}/{len(segment.streams)} of segment {index} "
-                                       f"rejected: {e.strerror} (the daemon log says why)") from e
+                raise OSError(e.errno, f"SUBMIT of job {number + 1}/{len(self._streams)} rejected: {e.strerror} "
+                                       "(the daemon log says why)") from e
             jobs.append((job, number))
-        return Outstanding(segment, jobs, submitted)
+        return Outstanding(jobs, submitted)
 
     @contextmanager
     def _bracket(self, write: bool, outstanding: Outstanding | None) -> Iterator[np.ndarray]:
@@ -271,13 +259,13 @@ class CompiledModel:
             status = job.status()
             if status.error:
                 self._banned = self._banned or status.banned
-                raise self._job_error(status, outstanding.segment, number)
+                raise self._job_error(status, number)
             self.timings.device_busy += max(status.end_ns - status.start_ns, 0) / 1e9
 
-    def _job_error(self, status: Any, segment: Segment, number: int) -> JobError:
+    def _job_error(self, status: Any, number: int) -> JobError:
         error = -status.error
         if status.faulted:
-            stream = segment.streams[number]
+            stream = self._streams[number]
             kernel_index = stream.packet_kernels[status.fault_packet] \
                 if 0 <= status.fault_packet < len(stream.packet_kernels) else -1
             kernel = self.kernels[kernel_index] if kernel_index >= 0 else None
@@ -299,8 +287,6 @@ class CompiledModel:
         rows = []
         last: dict[int, int] = {}
         for kernel in self.kernels:
-            if kernel.packet == "CPU":
-                continue
             end = int(stamps[kernel.index])
             begin = last.get(kernel.engine, 0)
             rows.append({"node": kernel.node, "packet": kernel.packet, "engine": ENGINE_NAMES[kernel.engine],
@@ -351,47 +337,27 @@ class CompiledModel:
 
 @dataclass
 class Outstanding:
-    """Jobs of a device segment submitted and not yet checked."""
+    """Jobs of a run submitted and not yet checked: (job, its number among the streams)."""
 
-    segment: Segment
     jobs: list[tuple[Job, int]]
     submitted: float
 
 
 class PendingRun:
-    """A run whose first jobs are queued; result() waits for them, runs the rest, returns the outputs."""
+    """A run whose jobs are queued; result() waits for them and returns the outputs."""
 
-    def __init__(self, model: CompiledModel, started: float) -> None:
+    def __init__(self, model: CompiledModel, started: float, outstanding: Outstanding) -> None:
         self.model = model
         self.started = started
-        self._segment = 0  # the next segment to run
-        self._outstanding: Outstanding | None = None
+        self._outstanding = outstanding
         self._outputs: list[np.ndarray] | None = None
-
-    def advance(self, wait: list[tuple[Syncobj, int]], stop_after_submit: bool) -> None:
-        """Run the segments in order: CPU steps once the jobs before them are done, device segments by
-        submitting them (segments alternate, so there is at most one outstanding)."""
-        model = self.model
-        while self._segment < len(model._segments):
-            segment = model._segments[self._segment]
-            self._segment += 1
-            if segment.kind == "device":
-                self._outstanding = model._submit(self._segment - 1, segment, wait)
-                wait = []
-                if stop_after_submit:
-                    return
-            else:
-                outstanding, self._outstanding = self._outstanding, None
-                model._run_cpu(segment, outstanding)
 
     def result(self) -> list[np.ndarray]:
         """The outputs, in the ONNX layouts; raises JobError if a job failed (once: the run is over)."""
         if self._outputs is not None:
             return self._outputs
         try:
-            self.advance([], stop_after_submit=False)
-            outstanding, self._outstanding = self._outstanding, None
-            self._outputs = self.model._finish(self, outstanding)
+            self._outputs = self.model._finish(self, self._outstanding)
             return self._outputs
         finally:
             self.model._inflight = None

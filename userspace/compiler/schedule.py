@@ -16,19 +16,15 @@ by a stale value. Redundant waits are dropped with vector clocks: each engine tr
 far it knows every other engine has progressed (directly or through what it waited on),
 and a wait it already knows satisfied is not emitted. Every wait names a signal earlier in
 the stream, so the schedule cannot deadlock.
-
-CPU steps (int8 <-> fp32 conversions) split the work into several device segments; the
-runtime submits them in order with the CPU work in between, and a later segment knows
-everything of the earlier ones complete.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from emudev.uapi import defs
-from userspace.compiler.kernels import CPU, ENGINE_COUNT, Addresses, Kernel, resolve
+from userspace.compiler.kernels import ENGINE_COUNT, Addresses, Kernel, resolve
 from userspace.compiler.layout import views_overlap
 from userspace.libaccel.job import CommandStream
 
@@ -43,13 +39,6 @@ class Stream:
     @property
     def size(self) -> int:
         return len(self.data)
-
-
-@dataclass
-class Segment:
-    kind: str  # "device" or "cpu"
-    kernels: list[Kernel]
-    streams: list[Stream] = field(default_factory=list)
 
 
 @dataclass
@@ -68,26 +57,10 @@ def _conflict(a: Kernel, b: Kernel) -> bool:
 
 
 def schedule(kernels: Sequence[Kernel], addresses: Addresses, semaphore_va: int, max_cmd_size: int,
-             timestamp_va: int = 0, max_job_seconds: float = 0.0) -> tuple[list[Segment], ScheduleStats]:
-    """Split into device and CPU segments and build each device segment's streams."""
-    segments: list[Segment] = []
-    for kernel in kernels:
-        kind = "cpu" if kernel.engine == CPU else "device"
-        if not segments or segments[-1].kind != kind:
-            segments.append(Segment(kind, []))
-        segments[-1].kernels.append(kernel)
+             timestamp_va: int = 0, max_job_seconds: float = 0.0) -> tuple[list[Stream], ScheduleStats]:
+    """The jobs' command streams, in submission order."""
     stats = ScheduleStats()
     done = [0] * ENGINE_COUNT  # packets numbered per engine over the whole run
-    for segment in segments:
-        if segment.kind == "device":
-            segment.streams = _emit(segment.kernels, addresses, semaphore_va, max_cmd_size, timestamp_va, done,
-                                    stats, max_job_seconds)
-            stats.jobs += len(segment.streams)
-    return segments, stats
-
-
-def _emit(kernels: list[Kernel], addresses: Addresses, semaphore_va: int, max_cmd_size: int, timestamp_va: int,
-          done: list[int], stats: ScheduleStats, max_job_seconds: float) -> list[Stream]:
     known = [list(done) for _ in range(ENGINE_COUNT)]  # known[F][E]: F knows E finished its first n kernels
     snapshots: dict[tuple[int, int], list[int]] = {}  # (E, n) -> what E knew right after its kernel n
     by_engine: list[list[tuple[int, Kernel]]] = [[] for _ in range(ENGINE_COUNT)]  # (ordinal, kernel)
@@ -128,7 +101,9 @@ def _emit(kernels: list[Kernel], addresses: Addresses, semaphore_va: int, max_cm
         entries[entry_of[(engine, ordinal)]][2].append(_packet(
             "SEM_SIGNAL", engine=engine, op=defs.DRM_EMUDEV_SEM_SET, va=semaphore_va + 4 * engine, value=ordinal))
         stats.signals += 1
-    return _split(entries, max_cmd_size, max_job_seconds, stats)
+    streams = _split(entries, max_cmd_size, max_job_seconds, stats)
+    stats.jobs = len(streams)
+    return streams, stats
 
 
 def _packet(name: str, **fields: object) -> bytes:

@@ -46,8 +46,6 @@ CALIBRATION_BATCHES = 4
 TIMES = "\N{MULTIPLICATION SIGN}"
 ARCHITECTURE = "Conv3x3x8 → Relu → MaxPool2 → Conv3x3x16 → Relu → Flatten → Gemm10 → Softmax"
 
-PHASES = ("write_inputs", "device", "cpu_steps", "read_outputs")
-
 Params = dict[str, np.ndarray]
 
 
@@ -314,6 +312,7 @@ def on_device(model: str, device: Device, dtype: str, x: np.ndarray, batch: int,
               calibration: list[np.ndarray] | None, log: Callable[[str], None]) -> Runner:
     """Compile, upload, run: a compile or device error is reported in the table, not raised."""
     from userspace.compiler import CompileError, compile
+    from userspace.compiler.runtime import RUN_PHASES
 
     runner = Runner(f"device {dtype}")
     log(f"compiling the model for the device ({dtype}{', calibrated on training images' if calibration else ''})")
@@ -331,7 +330,7 @@ def on_device(model: str, device: Device, dtype: str, x: np.ndarray, batch: int,
 
     def run(chunk: np.ndarray) -> np.ndarray:
         out = compiled.run({INPUT: chunk})[0]
-        for name in PHASES:
+        for name in RUN_PHASES:
             runner.phases.setdefault(name, []).append(getattr(compiled.timings, name, 0.0) * 1e3)
         return out
 
@@ -410,7 +409,7 @@ def results_text(digits: Digits, runners: Sequence[Runner], reference: Runner, b
              row("first batch", lambda e: f"{e.first_ms:.2f} ms"),
              row("per batch (p50)", lambda e: f"{e.p50_ms:.2f} ms"),
              row("  of which on the device", lambda e: _phase(e, "device")),
-             row("  of which host in/out", lambda e: _phase(e, "write_inputs", "cpu_steps", "read_outputs")),
+             row("  of which host in/out", lambda e: _phase(e, "write_inputs", "read_outputs")),
              row("per image (p50 / batch)", lambda e: f"{e.p50_ms * 1e3 / batch:.1f} µs"),
              row(f"{TIMES} onnxruntime (p50)", lambda e: f"{e.p50_ms / reference.p50_ms:.2f}{TIMES}")]
     lines += [f"  {e.label}: {e.error}" for e in runners if e.error]

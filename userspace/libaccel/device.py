@@ -25,6 +25,16 @@ def find_devices(mountpoint: str | None = None) -> list[str]:
     return sorted(nodes, key=lambda p: int(os.path.basename(p)[len("accel"):]))
 
 
+def version_text(value: int) -> str:
+    """(major << 16) | minor, the form of the UAPI and ISA version params, as major.minor."""
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+def isa_compatible(device_isa: int, needed: int = defs.DRM_EMUDEV_ISA_VERSION) -> bool:
+    """Whether a device of ISA `device_isa` runs streams of ISA `needed`: same major, minor not older."""
+    return device_isa >> 16 == needed >> 16 and device_isa & 0xFFFF >= needed & 0xFFFF
+
+
 @dataclass(frozen=True)
 class Version:
     major: int

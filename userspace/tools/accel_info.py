@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from emudev.uapi import defs
-from userspace.libaccel import Device, DeviceInfo, find_devices
+from userspace.libaccel import Device, DeviceInfo, find_devices, version_text
 
 
 def enum_names(enum: str, prefix: str) -> dict[int, str]:
@@ -24,11 +24,6 @@ def enum_names(enum: str, prefix: str) -> dict[int, str]:
 def decode_mask(mask: int, names: dict[int, str]) -> list[str]:
     """Names of the set bits (1 << value); a bit the uapi does not name shows as bitN rather than vanishing."""
     return [names.get(bit, f"bit{bit}") for bit in range(64) if mask >> bit & 1]
-
-
-def version_text(value: int) -> str:
-    """(major << 16) | minor as major.minor."""
-    return f"{value >> 16}.{value & 0xFFFF}"
 
 
 def size_text(size: int) -> str:

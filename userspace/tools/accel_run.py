@@ -272,6 +272,7 @@ def _main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, model: onnx.ModelProto, inputs: dict[str, np.ndarray],
          calibration: list[dict[str, np.ndarray]] | None, device: Any) -> int:
     from userspace.compiler import CompileError, compile
+    from userspace.compiler.runtime import RUN_PHASES
 
     shapes = {name: array.shape for name, array in inputs.items()}
     print(f"{PROG}: compiling for {device.path} ({args.dtype}"
@@ -300,7 +301,7 @@ def _run(args: argparse.Namespace, model: onnx.ModelProto, inputs: dict[str, np.
 
         def run_device() -> list[np.ndarray]:
             out = compiled.run(inputs)
-            for name in ("write_inputs", "device", "cpu_steps", "read_outputs"):
+            for name in RUN_PHASES:
                 phases.setdefault(name, []).append(getattr(compiled.timings, name))
             return out
 
@@ -328,9 +329,8 @@ def _run(args: argparse.Namespace, model: onnx.ModelProto, inputs: dict[str, np.
           + (f", min {min(measured.steady_s) * 1e3:.3f} max {max(measured.steady_s) * 1e3:.3f} ms"
              if measured.steady_s else ""))
     steady = {k: v[1:] or v for k, v in phases.items()}
-    print("    inputs in {} | on the device {} | cpu steps {} | outputs out {}".format(
-        *(f"{statistics.median(steady[k]) * 1e3:.3f} ms" for k in ("write_inputs", "device", "cpu_steps",
-                                                                   "read_outputs"))))
+    print("    inputs in {} | on the device {} | outputs out {}".format(
+        *(f"{statistics.median(steady[k]) * 1e3:.3f} ms" for k in RUN_PHASES)))
     if not args.compare:
         return EXIT_OK
     return _compare(args, model, inputs, output_names, measured)

@@ -1,5 +1,10 @@
 """SDP engine: per-channel scale/bias, an element-wise op with a broadcast second operand, activation.
 
+With op NONE between int8 and a float type it is the NPU's data-type converter (NVDLA's SDP output
+converter), so that a network mixing int8 and float layers stays on the device: int8 -> float
+dequantises (src - zero point, then the float pipeline), float -> int8 quantises (the float pipeline,
+then round half to even, plus dst's zero point, clamped to requant's [act_min, act_max]).
+
 int8 follows TFLite's reference_integer_ops: ADD/SUB (offset inputs shifted left, each rescaled by its own
 multiplier, combined, rescaled to the output), MUL (product of offset inputs rescaled), MAX/MIN on raw
 values (operands share the output's quantisation) and NONE (requantise src). Work is done in blocks of
@@ -55,6 +60,8 @@ def check_sdp(op: int, src_dims: Sequence[int], src2_dims: Sequence[int] | None,
         for d2, d in zip(src2_dims, dst_dims, strict=True):
             if d2 not in (1, d):
                 return f"src2 dims {tuple(src2_dims)} do not broadcast to {tuple(dst_dims)}"
+    if op == SDP_NONE and (src_dtype == INT8) != (dst_dtype == INT8):
+        return _check_conversion(src_dtype, dst_dtype, act_fn)
     if src_dtype in FLOAT_DTYPES:
         if dst_dtype not in FLOAT_DTYPES or (op != SDP_NONE and src2_dtype not in FLOAT_DTYPES):
             return "floating src needs floating src2 and dst"
@@ -74,12 +81,22 @@ def check_sdp(op: int, src_dims: Sequence[int], src2_dims: Sequence[int] | None,
     return _act.check_activation(act_fn, False)
 
 
+def _check_conversion(src_dtype: int, dst_dtype: int, act_fn: int) -> str | None:
+    floating = dst_dtype if src_dtype == INT8 else src_dtype
+    if floating not in FLOAT_DTYPES:
+        return f"int8 converts to and from fp32 or fp16, not {dtype_name(floating)}"
+    if dst_dtype == INT8:
+        return None if act_fn == _act.ACT_NONE else "quantising clamps with requant: act must be NONE"
+    return _act.check_activation(act_fn, True)
+
+
 def sdp(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, *, op: int = SDP_NONE,
         scale: np.ndarray | None = None, bias: np.ndarray | None = None, act: Activation = NO_ACTIVATION,
         src_zero_point: int = 0, src2_zero_point: int = 0, src_multiplier: int = 0, src_shift: int = 0,
         src2_multiplier: int = 0, src2_shift: int = 0, left_shift: int = 0,
         requant: Requant | None = None) -> None:
-    """SDP: dst = act(op(src * scale[c] + bias[c], src2)) (float) or TFLite's quantised op (int8), in place.
+    """SDP: dst = act(op(src * scale[c] + bias[c], src2)) (float) or TFLite's quantised op (int8), in place;
+    with op NONE between int8 and float, the conversion (int8 src: its zero point; int8 dst: requant's).
 
     src2 may have dims of 1 or 0 strides (broadcast). src or src2 may be the very same view as dst.
     """
@@ -99,6 +116,12 @@ def sdp(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, *, op: int = 
     if bias is not None:
         bias = _unalias(np.asarray(bias, np.float32), dst)
     quantized = src.dtype == np.int8
+    if op == SDP_NONE and quantized != (dst.dtype == np.int8):
+        if dst.dtype == np.int8 and requant is None:
+            raise ValueError("quantising needs requant's clamp and zero point")
+        for idx in block_slices(dst.shape, CHUNK_BYTES // 16):
+            _convert(src[idx], dst[idx], scale, bias, act, src_zero_point, requant)
+        return
     if quantized:
         if requant is None:
             raise ValueError("int8 SDP needs a requant")
@@ -142,6 +165,30 @@ def _sdp_float(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, op: in
     _act.apply(t, act)
     if t is not dst:
         dst[...] = t
+
+
+def _convert(src: np.ndarray, dst: np.ndarray, scale: np.ndarray | None, bias: np.ndarray | None,
+             act: Activation, src_zero_point: int, requant: Requant | None) -> None:
+    """int8 <-> float. The clamp comes before the rounding (its bounds are integers, so the result is the
+    same) and with fmax/fmin, which take a NaN to act_min instead of an undefined integer."""
+    f32 = np.float32
+    t = np.empty(dst.shape, f32)
+    if src.dtype == np.int8:
+        np.subtract(src, src_zero_point, out=t, dtype=f32)
+    else:
+        np.copyto(t, src, casting="unsafe")
+    if scale is not None:
+        np.multiply(t, scale, out=t)
+    if bias is not None:
+        np.add(t, bias, out=t)
+    if requant is None:
+        _act.apply(t, act)
+    else:
+        np.fmax(t, requant.act_min - requant.zero_point, out=t)
+        np.fmin(t, requant.act_max - requant.zero_point, out=t)
+        np.rint(t, out=t)
+        t += requant.zero_point
+    dst[...] = t
 
 
 def _offset(x: np.ndarray, zp: int) -> tuple[np.ndarray, int]:

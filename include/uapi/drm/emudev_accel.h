@@ -741,7 +741,7 @@ struct drm_emudev_job_status {
 };
 
 /*
- * Command-stream ISA emudev_isa, version 1.0, generated from
+ * Command-stream ISA emudev_isa, version 1.1, generated from
  * emudev/uapi/spec/isa.yaml.
  *
  * A command stream is a sequence of packets in a BO, 8-byte aligned. Every
@@ -780,9 +780,9 @@ struct drm_emudev_job_status {
 
 /**
  * DRM_EMUDEV_ISA_VERSION - Version of the command-stream ISA, (major << 16) |
- * minor, here 1.0; DRM_EMUDEV_PARAM_ISA_VERSION reports the device's.
+ * minor, here 1.1; DRM_EMUDEV_PARAM_ISA_VERSION reports the device's.
  */
-#define DRM_EMUDEV_ISA_VERSION			0x10000
+#define DRM_EMUDEV_ISA_VERSION			0x10001
 
 /**
  * DRM_EMUDEV_MAX_TENSOR_DIM - Largest value of one tensor dim.
@@ -1437,7 +1437,13 @@ struct drm_emudev_pkt_gemm {
  * followed by the requantisation; or MAX and MIN, whose operands must share
  * the output's quantisation (same zero point, EINVAL otherwise) and whose
  * result is only clamped to [act_min, act_max]. With op NONE and int8 src and
- * dst it requantises.
+ * dst it requantises. With op NONE between int8 and fp32 or fp16 it converts:
+ * an int8 src enters as (src - src.zero_point) in fp32 and goes through scale,
+ * bias and the activation (dequantisation, scale_va holding the quantisation
+ * scale); an int8 dst takes t = src * scale[c] + bias[c], rounded half to
+ * even, plus dst.zero_point, clamped to [requant.act_min, requant.act_max] (a
+ * NaN to act_min); quantisation passes 1 / scale in scale_va, act must be NONE
+ * and requant's multiplier, shift and table_va zero.
  */
 struct drm_emudev_pkt_sdp {
 	/**
@@ -1471,7 +1477,8 @@ struct drm_emudev_pkt_sdp {
 	struct drm_emudev_tensor dst;
 
 	/**
-	 * @scale_va: Address of C fp32 per-channel scales (folded batch norm), or 0.
+	 * @scale_va: Address of C fp32 per-channel scales (folded batch norm,
+	 * conversion scales), or 0.
 	 */
 	__u64 scale_va;
 
