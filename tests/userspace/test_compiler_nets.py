@@ -3,6 +3,7 @@ real model-zoo topologies shipped with the onnx package, and the runtime API aro
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -128,7 +129,10 @@ def test_profile_timestamps(device):
         compiled.run(rand(1, 1, 28, 28))
         rows = compiled.profile()
     assert {r["packet"] for r in rows} >= {"CONV", "PDP", "GEMM", "CDP"}
-    assert all(r["end_ns"] > 0 for r in rows)
+    assert all(0 < r["start_ns"] <= r["end_ns"] and r["busy_ns"] == r["end_ns"] - r["start_ns"] for r in rows)
+    for engine in {r["engine"] for r in rows}:  # an engine runs its packets one after the other, in stream order
+        runs = [(r["start_ns"], r["end_ns"]) for r in rows if r["engine"] == engine]
+        assert all(end <= start for (_, end), (start, _) in itertools.pairwise(runs)), engine
 
 
 @pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "inception_v1", "resnet50"])

@@ -153,6 +153,17 @@ def test_accel_run_compare(emudev_shared_mount, tiny_model: str, tmp_path) -> No
     assert np.load(tmp_path / "output.npy").shape == (2, 5)
 
 
+def test_accel_run_profile(emudev_shared_mount, tiny_model: str) -> None:
+    result = tool("accel-run", tiny_model, "--runs", "1", "--profile", "2", "--mount", emudev_shared_mount.mountpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    profile = result.stdout[result.stdout.index("profile of the last run"):].splitlines()
+    assert any(line.split()[:1] == ["conv"] and line.endswith("%") for line in profile)
+    slowest = profile[profile.index(next(line for line in profile if "slowest of" in line)) + 1:]
+    assert len(slowest) == 2 and all(" node '" in line for line in slowest)
+    assert "CONV on conv" in result.stdout
+    assert tool("accel-run", tiny_model, "--profile", "0").returncode == 2
+
+
 def test_accel_run_int8_and_given_input(emudev_shared_mount, tiny_model: str, tmp_path) -> None:
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32))

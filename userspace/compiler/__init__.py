@@ -41,7 +41,7 @@ def compile(model: frontend.ModelLike, device: Device, dtype: str = "fp32",
 
     dtype "fp32" runs in float32; "int8" quantises post-training from `calibration` (samples as
     accepted by run()). Symbolic input dims are bound from `input_shapes`, else to 1. `profile`
-    adds a TIMESTAMP after every packet (see CompiledModel.profile()). Raises CompileError for what
+    puts a TIMESTAMP before and after every packet (see CompiledModel.profile()). Raises CompileError for what
     the device cannot run (naming the node) and OSError (ENOMEM, ...) for what the device refuses.
     """
     if dtype not in ("fp32", "int8"):
@@ -72,7 +72,7 @@ def compile(model: frontend.ModelLike, device: Device, dtype: str = "fp32",
     lowering.run()
     for index, kernel in enumerate(lowering.kernels):
         kernel.index = index
-    plan = plan_memory(lowering.kernels, lowering.storages, timestamps=len(lowering.kernels) if profile else 0)
+    plan = plan_memory(lowering.kernels, lowering.storages, profile)
     inputs = [Port(name, graph.shapes[name], lowering.views[name],
                    qparams[name] if lowering.is_int8(name) else None) for name in graph.inputs]
     outputs = []

@@ -19,6 +19,7 @@ from userspace.compiler.layout import ALIGN, Storage
 
 ALWAYS = 1 << 62
 SEMAPHORE_BYTES = 64  # one u32 counter per engine at the start of the arena
+PROFILE_STAMP_BYTES = 16  # per kernel when profiling: u64 CLOCK_MONOTONIC before and after its packet
 
 
 def _align(value: int, align: int = ALIGN) -> int:
@@ -34,7 +35,7 @@ class MemoryPlan:
     timestamp_offset: int  # in the arena; -1 without profiling
 
 
-def plan_memory(kernels: Sequence[Kernel], storages: Sequence[Storage], timestamps: int = 0) -> MemoryPlan:
+def plan_memory(kernels: Sequence[Kernel], storages: Sequence[Storage], profile: bool = False) -> MemoryPlan:
     for index, kernel in enumerate(kernels):
         for storage in kernel.storages():
             storage.first = min(storage.first, index)
@@ -43,7 +44,7 @@ def plan_memory(kernels: Sequence[Kernel], storages: Sequence[Storage], timestam
     for storage in arena:
         if storage.pinned:
             storage.first, storage.last = -1, ALWAYS
-    header = SEMAPHORE_BYTES + _align(8 * timestamps)
+    header = SEMAPHORE_BYTES + (_align(PROFILE_STAMP_BYTES * len(kernels)) if profile else 0)
     placed: list[Storage] = []
     for storage in sorted(arena, key=lambda s: (-s.nbytes, s.first, s.id)):
         busy = sorted((p.offset, p.offset + p.nbytes) for p in placed
@@ -69,4 +70,4 @@ def plan_memory(kernels: Sequence[Kernel], storages: Sequence[Storage], timestam
         storage.offset = seen[key] = _align(len(blob))
         blob.extend(bytes(storage.offset - len(blob)))
         blob.extend(data)
-    return MemoryPlan(arena_size, max(len(blob), 1), bytes(blob), 0, SEMAPHORE_BYTES if timestamps else -1)
+    return MemoryPlan(arena_size, max(len(blob), 1), bytes(blob), 0, SEMAPHORE_BYTES if profile else -1)

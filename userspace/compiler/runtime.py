@@ -24,7 +24,7 @@ from emudev.uapi import defs
 from userspace.compiler.errors import JobError, out_of_memory
 from userspace.compiler.kernels import ENGINE_NAMES, Addresses, Kernel
 from userspace.compiler.layout import View
-from userspace.compiler.plan import SEMAPHORE_BYTES, MemoryPlan
+from userspace.compiler.plan import PROFILE_STAMP_BYTES, SEMAPHORE_BYTES, MemoryPlan
 from userspace.compiler.quant import QParams
 from userspace.compiler.schedule import ScheduleStats, Stream, schedule
 from userspace.libaccel import DEVICE_READ_ONLY, MAPPABLE, READ, WRITE, Bo, Context, Device, DmaBuf, Job, Syncobj
@@ -283,19 +283,17 @@ class CompiledModel:
 
     def _read_profile(self, memory: np.ndarray) -> list[dict[str, Any]]:
         base = self.plan.timestamp_offset
-        stamps = memory[base: base + 8 * len(self.kernels)].view(np.uint64)
+        stamps = memory[base: base + PROFILE_STAMP_BYTES * len(self.kernels)].view(np.uint64).reshape(-1, 2)
         rows = []
-        last: dict[int, int] = {}
         for kernel in self.kernels:
-            end = int(stamps[kernel.index])
-            begin = last.get(kernel.engine, 0)
+            start, end = (int(t) for t in stamps[kernel.index])
             rows.append({"node": kernel.node, "packet": kernel.packet, "engine": ENGINE_NAMES[kernel.engine],
-                         "end_ns": end, "since_previous_ns": end - begin if begin else None})
-            last[kernel.engine] = end
+                         "start_ns": start, "end_ns": end, "busy_ns": end - start})
         return rows
 
     def profile(self) -> list[dict[str, Any]]:
-        """Per-kernel completion timestamps of the last run (compile with profile=True)."""
+        """Each kernel of the last run (compile with profile=True): its ONNX node, packet and engine, and
+        CLOCK_MONOTONIC right before and after its packet ran, waits on other engines excluded."""
         if not self.profile_enabled:
             raise ValueError("compile with profile=True to get per-kernel timestamps")
         return list(self._last_profile)

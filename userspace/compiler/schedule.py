@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from emudev.uapi import defs
 from userspace.compiler.kernels import ENGINE_COUNT, Addresses, Kernel, resolve
 from userspace.compiler.layout import views_overlap
+from userspace.compiler.plan import PROFILE_STAMP_BYTES
 from userspace.libaccel.job import CommandStream
 
 
@@ -93,8 +94,9 @@ def schedule(kernels: Sequence[Kernel], addresses: Addresses, semaphore_va: int,
         snapshots[(f, ordinal)] = list(known[f])
         by_engine[f].append((ordinal, kernel))
         body = [_packet(kernel.packet, **resolve(kernel, addresses))]
-        if timestamp_va:
-            body.append(_packet("TIMESTAMP", engine=f, va=timestamp_va + 8 * kernel.index))
+        if timestamp_va:  # right around the packet, after its waits: the stamps time the work alone
+            stamps = timestamp_va + PROFILE_STAMP_BYTES * kernel.index
+            body = [_packet("TIMESTAMP", engine=f, va=stamps), *body, _packet("TIMESTAMP", engine=f, va=stamps + 8)]
         entry_of[(f, ordinal)] = len(entries)
         entries.append((kernel, head + body, []))
     for engine, ordinal in sorted(waited):

@@ -29,6 +29,7 @@ EXIT_USAGE = 2  # bad arguments, model file or input file (argparse's own status
 EXIT_UNSUPPORTED = 3  # the compiler cannot compile the model (an operator, attribute or shape)
 EXIT_MISMATCH = 4  # --compare found outputs beyond the tolerance
 SEED = 0
+PROFILE_NODES = 10
 TRACEBACK_ENV = "ACCEL_RUN_TRACEBACK"
 
 EPILOG = f"""\
@@ -192,6 +193,29 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:9.3f} ms"
 
 
+def _print_profile(rows: list[dict[str, Any]], top: int) -> None:
+    """Busy time per engine against the span of the run's packets (what ran concurrently shows as a
+    sum above 100 %), then the ONNX nodes whose packets took longest."""
+    span_ns = max(r["end_ns"] for r in rows) - min(r["start_ns"] for r in rows)
+    engines: dict[str, int] = {}
+    nodes: dict[str, tuple[int, list[str]]] = {}  # node -> (busy ns, its packets as "PACKET on engine")
+    for r in rows:
+        engines[r["engine"]] = engines.get(r["engine"], 0) + r["busy_ns"]
+        ns, packets = nodes.get(r["node"], (0, []))
+        nodes[r["node"]] = (ns + r["busy_ns"], [*packets, f"{r['packet']} on {r['engine']}"])
+    share = (lambda ns: f"{100 * ns / span_ns:5.1f} %") if span_ns > 0 else (lambda ns: "    - %")
+    print()
+    print(f"profile of the last run: {len(rows)} packet(s), {_ms(span_ns / 1e9).strip()} from the first one's start "
+          "to the last one's end")
+    print("  engine        busy      of that span")
+    for engine, ns in sorted(engines.items(), key=lambda kv: -kv[1]):
+        print(f"  {engine:8s} {_ms(ns / 1e9)}   {share(ns)}")
+    print(f"  the {min(top, len(nodes))} slowest of {len(nodes)} node(s)")
+    for name, (ns, packets) in sorted(nodes.items(), key=lambda kv: -kv[1][0])[:top]:
+        kinds = ", ".join(f"{packets.count(k)} {k}" for k in sorted(set(packets)))
+        print(f"  {_ms(ns / 1e9)}   {share(ns)}   node {name}: {kinds}")
+
+
 def _describe(array: np.ndarray) -> str:
     flat = array.reshape(-1)
     head = ", ".join(f"{v:.4g}" for v in flat[:6]) + (", …" if flat.size > 6 else "")
@@ -220,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: random samples to calibrate on when no --input is given (default 8)")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the random inputs (default {SEED})")
     p.add_argument("--output-dir", metavar="DIR", help="save each output as DIR/NAME.npy")
+    p.add_argument("--profile", type=int, nargs="?", const=PROFILE_NODES, metavar="N",
+                   help="time every packet on the device (TIMESTAMPs around each) and show each engine's busy "
+                        f"time and the N slowest ONNX nodes of the last run (default {PROFILE_NODES})"),
     p.add_argument("--device", type=int, default=0, metavar="N", help="use accelN (default 0)")
     p.add_argument("--mount", metavar="DIR", help="emudev mountpoint (default $EMUDEV_MOUNT, then /dev/accel)")
     return p
@@ -238,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.runs < 0 or args.threads < 1 or args.calibration < 1:
-        raise UserError("--runs must be ≥ 0, --threads and --calibration ≥ 1")
+    if args.runs < 0 or args.threads < 1 or args.calibration < 1 or (args.profile is not None and args.profile < 1):
+        raise UserError("--runs must be ≥ 0, --threads, --calibration and --profile ≥ 1")
     from userspace.libaccel import Device, find_devices
 
     model = load_model(args.model)
@@ -279,7 +306,8 @@ def _run(args: argparse.Namespace, model: onnx.ModelProto, inputs: dict[str, np.
           f"{f', calibrating on {len(calibration)} sample(s)' if calibration else ''}) and uploading …", flush=True)
     started = time.perf_counter()
     try:
-        compiled = compile(model, device, dtype=args.dtype, calibration=calibration, input_shapes=shapes)
+        compiled = compile(model, device, dtype=args.dtype, calibration=calibration, input_shapes=shapes,
+                           profile=args.profile is not None)
     except CompileError as e:
         print(f"{PROG}: {args.model}: cannot compile for the device: {e}", file=sys.stderr)
         return EXIT_UNSUPPORTED
@@ -310,6 +338,7 @@ def _run(args: argparse.Namespace, model: onnx.ModelProto, inputs: dict[str, np.
         except ValueError as e:
             raise UserError(str(e)) from e
         output_names = [p.name for p in compiled.outputs]
+        profile = compiled.profile() if args.profile is not None else []
     finally:
         compiled.close()
     print()
@@ -331,6 +360,8 @@ def _run(args: argparse.Namespace, model: onnx.ModelProto, inputs: dict[str, np.
     steady = {k: v[1:] or v for k, v in phases.items()}
     print("    inputs in {} | on the device {} | outputs out {}".format(
         *(f"{statistics.median(steady[k]) * 1e3:.3f} ms" for k in RUN_PHASES)))
+    if profile:
+        _print_profile(profile, args.profile)
     if not args.compare:
         return EXIT_OK
     return _compare(args, model, inputs, output_names, measured)
