@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -197,23 +198,24 @@ def _print_profile(rows: list[dict[str, Any]], top: int) -> None:
     """Busy time per engine against the span of the run's packets (what ran concurrently shows as a
     sum above 100 %), then the ONNX nodes whose packets took longest."""
     span_ns = max(r["end_ns"] for r in rows) - min(r["start_ns"] for r in rows)
-    engines: dict[str, int] = {}
-    nodes: dict[str, tuple[int, list[str]]] = {}  # node -> (busy ns, its packets as "PACKET on engine")
+    engines: Counter[str] = Counter()
+    nodes: Counter[str] = Counter()
+    kinds: dict[str, Counter[str]] = {}  # node -> its packets, as "PACKET on engine"
     for r in rows:
-        engines[r["engine"]] = engines.get(r["engine"], 0) + r["busy_ns"]
-        ns, packets = nodes.get(r["node"], (0, []))
-        nodes[r["node"]] = (ns + r["busy_ns"], [*packets, f"{r['packet']} on {r['engine']}"])
+        engines[r["engine"]] += r["busy_ns"]
+        nodes[r["node"]] += r["busy_ns"]
+        kinds.setdefault(r["node"], Counter())[f"{r['packet']} on {r['engine']}"] += 1
     share = (lambda ns: f"{100 * ns / span_ns:5.1f} %") if span_ns > 0 else (lambda ns: "    - %")
     print()
     print(f"profile of the last run: {len(rows)} packet(s), {_ms(span_ns / 1e9).strip()} from the first one's start "
           "to the last one's end")
     print("  engine        busy      of that span")
-    for engine, ns in sorted(engines.items(), key=lambda kv: -kv[1]):
+    for engine, ns in engines.most_common():
         print(f"  {engine:8s} {_ms(ns / 1e9)}   {share(ns)}")
     print(f"  the {min(top, len(nodes))} slowest of {len(nodes)} node(s)")
-    for name, (ns, packets) in sorted(nodes.items(), key=lambda kv: -kv[1][0])[:top]:
-        kinds = ", ".join(f"{packets.count(k)} {k}" for k in sorted(set(packets)))
-        print(f"  {_ms(ns / 1e9)}   {share(ns)}   node {name}: {kinds}")
+    for name, ns in nodes.most_common(top):
+        packets = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds[name].items()))
+        print(f"  {_ms(ns / 1e9)}   {share(ns)}   node {name}: {packets}")
 
 
 def _describe(array: np.ndarray) -> str:
@@ -246,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", metavar="DIR", help="save each output as DIR/NAME.npy")
     p.add_argument("--profile", type=int, nargs="?", const=PROFILE_NODES, metavar="N",
                    help="time every packet on the device (TIMESTAMPs around each) and show each engine's busy "
-                        f"time and the N slowest ONNX nodes of the last run (default {PROFILE_NODES})"),
+                        f"time and the N slowest ONNX nodes of the last run (default {PROFILE_NODES})")
     p.add_argument("--device", type=int, default=0, metavar="N", help="use accelN (default 0)")
     p.add_argument("--mount", metavar="DIR", help="emudev mountpoint (default $EMUDEV_MOUNT, then /dev/accel)")
     return p
