@@ -88,11 +88,17 @@ def _wait_bo_totals(mount, expected: str, timeout: float = 5.0) -> str:
     return totals
 
 
+TRANSIENT_HOLDERS = ("mapping:", "job:", "file:", "ticket:")
+
+
 def _settled_bo_totals(mount, timeout: float = 5.0) -> str:
-    """The totals once no BO is held by a mapping alone: earlier tests' unmapped BOs go at the
-    mapping sweeper's next look (every 0.5 s), and must not go in the middle of a comparison."""
+    """The totals once no BO is held by something that lets go on its own: earlier tests' unmapped BOs
+    go at the mapping sweeper's next look (every 0.5 s), a retired job drops its BO references after
+    its fence signals (as drm_sched's free_job does), and a closed fd's RELEASE reaches the daemon in
+    the background. None of these may happen in the middle of a comparison."""
     deadline = time.monotonic() + timeout
-    while "mapping:" in mount.debug("accel0", "gem_objects") and time.monotonic() < deadline:
+    while (any(kind in mount.debug("accel0", "gem_objects") for kind in TRANSIENT_HOLDERS)
+           and time.monotonic() < deadline):
         time.sleep(0.05)
     return _bo_totals(mount)
 
