@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from emudev.engine.ops import DTYPES, FP16, FP32, INT8, INT32, activation, bdma, cdp, conv, pdp, quant, rubik, sdp
-from emudev.engine.ops._common import block_slices
+from emudev.engine.ops._common import apply_channels, apply_constant, block_slices, unit_runs
 from emudev.engine.ops.activation import Activation
 from emudev.engine.ops.quant import Requant
 
@@ -1056,6 +1056,43 @@ def test_block_slices_cover_once() -> None:
         for idx in block_slices(shape, elems):
             seen[idx] += 1
         assert (seen == 1).all()
+
+
+def _epilogue_views() -> list[np.ndarray]:
+    """Views an epilogue writes: whole tensors, channel slices of a concat buffer, strided rows and columns,
+    axes of length one, a reversed last axis, and a tensor wider than one row of the constant."""
+    base = RNG.standard_normal((2, 5, 7, 24)).astype(np.float32)
+    base[0, 0, 0, :3] = [np.nan, -np.inf, np.inf]
+    return [base.copy(), base[:, :, :, 4:12], base[:, ::2], base[:, :, 1:2], base[:, :, :, ::-1],
+            base[:1, :1, :1, :1], RNG.standard_normal((3, 130, 129)).astype(np.float32)]
+
+
+@pytest.mark.parametrize("ufunc", [np.maximum, np.minimum, np.fmax, np.add])
+def test_apply_constant_is_the_plain_ufunc(ufunc) -> None:
+    for view in _epilogue_views():
+        expected = ufunc(view, np.float32(0.25))
+        apply_constant(ufunc, view, 0.25)
+        np.testing.assert_array_equal(view, expected)
+
+
+@pytest.mark.parametrize("ufunc", [np.add, np.multiply])
+def test_apply_channels_is_the_plain_ufunc(ufunc) -> None:
+    for view in _epilogue_views():
+        for vector in (RNG.standard_normal(view.shape[-1]).astype(np.float32), np.float32([3.0])):
+            expected = ufunc(view, vector)
+            apply_channels(ufunc, view, vector)
+            np.testing.assert_array_equal(view, expected)
+    with pytest.raises(ValueError):  # a vector that fits no axis is refused, not tiled into a wrong row
+        apply_channels(np.add, np.zeros((2, 4), np.float32), np.ones(2, np.float32))
+
+
+def test_unit_runs_are_views() -> None:
+    for view in _epilogue_views():
+        runs = unit_runs(view)
+        if runs is not None:
+            assert np.shares_memory(runs, view) and runs.size == view.size
+            assert runs.shape[-1] == 1 or runs.strides[-1] == runs.itemsize
+    assert unit_runs(np.zeros((4, 6), np.float32)[:, ::2]) is None
 
 
 def test_chunked_paths_match(monkeypatch) -> None:

@@ -107,6 +107,48 @@ def blas_operand(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+# numpy vectorises a binary ufunc such as maximum only when both operands advance element by element: a
+# broadcast scalar or a short per-channel vector goes through a slower loop (about 3x for maximum, 2x for add).
+# So elementwise epilogues meet whole rows of their constant, up to this many elements long.
+_ROW_ELEMENTS = 1 << 14
+
+
+def unit_runs(x: np.ndarray) -> np.ndarray | None:
+    """x as a view whose last axis merges as many trailing contiguous axes as fit in a row of
+    _ROW_ELEMENTS, or None when x's last axis is not contiguous."""
+    if x.ndim == 0 or (x.strides[-1] != x.itemsize and x.shape[-1] > 1):
+        return None
+    k, n = x.ndim - 1, x.shape[-1]
+    while k > 0 and x.strides[k - 1] == x.strides[k] * x.shape[k] and n * x.shape[k - 1] <= _ROW_ELEMENTS:
+        k -= 1
+        n *= x.shape[k]
+    v = x.view()
+    try:
+        v.shape = (*x.shape[:k], n)
+    except AttributeError:  # numpy sees no copy-free view (axes of length one may mislead the walk above)
+        return None
+    return v
+
+
+def apply_constant(ufunc: np.ufunc, x: np.ndarray, value: float | np.generic) -> None:
+    """x = ufunc(x, value) in place, value taken in x's dtype, as fast as numpy goes."""
+    runs = unit_runs(x)
+    if runs is None:
+        ufunc(x, x.dtype.type(value), out=x)
+    else:
+        ufunc(runs, np.full(runs.shape[-1], value, x.dtype), out=runs)
+
+
+def apply_channels(ufunc: np.ufunc, x: np.ndarray, vector: np.ndarray) -> None:
+    """x = ufunc(x, vector) in place, computed in x's dtype, vector along x's last axis (a per-channel bias or
+    scale)."""
+    runs = unit_runs(x) if vector.ndim == 1 and vector.shape[0] in (1, x.shape[-1]) else None
+    if runs is None:
+        ufunc(x, vector, out=x, dtype=x.dtype)
+    else:
+        ufunc(runs, np.tile(vector.astype(x.dtype, copy=False), runs.shape[-1] // vector.shape[-1]), out=runs)
+
+
 def pixel_chunks(n: int, oh: int, ow: int, pixels: int) -> Iterator[tuple[int, int, int, int, int, int]]:
     """Split an [n, oh, ow] output grid into boxes (n0, n1, r0, r1, c0, c1) of at most ~`pixels` outputs."""
     pixels = max(1, pixels)

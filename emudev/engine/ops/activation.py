@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._common import apply_constant
+
 ACT_NONE, ACT_RELU, ACT_RELU6, ACT_CLIP, ACT_LEAKY_RELU, ACT_SIGMOID, ACT_TANH = range(7)
 ACT_FNS = frozenset(range(7))
 FLOAT_ONLY = frozenset({ACT_SIGMOID, ACT_TANH})
@@ -60,14 +62,14 @@ def apply(x: np.ndarray, act: Activation) -> np.ndarray:
 def _apply_inplace(x: np.ndarray, act: Activation) -> None:
     fn = act.fn
     if fn == ACT_RELU:
-        np.maximum(x, 0, out=x)
+        apply_constant(np.maximum, x, 0)
     elif fn == ACT_RELU6:
-        np.maximum(x, 0, out=x)
-        np.minimum(x, 6, out=x)
+        apply_constant(np.maximum, x, 0)
+        apply_constant(np.minimum, x, 6)
     elif fn == ACT_CLIP:
         # min(max(x, lo), hi) exactly as the spec says, even for lo > hi.
-        np.maximum(x, x.dtype.type(act.clip_min), out=x)
-        np.minimum(x, x.dtype.type(act.clip_max), out=x)
+        apply_constant(np.maximum, x, act.clip_min)
+        apply_constant(np.minimum, x, act.clip_max)
     elif fn == ACT_LEAKY_RELU:
         # exactly alpha * x where x < 0 (np.where beats a masked multiply several times over)
         x[...] = np.where(x < 0, x * x.dtype.type(act.alpha), x)

@@ -23,6 +23,7 @@ from ._common import (
     FLOAT_DTYPES,
     INT8,
     INT32,
+    apply_channels,
     as_2d_view,
     blas_operand,
     blasable,
@@ -255,7 +256,7 @@ def _epilogue(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, act: Ac
             requantize_owned(acc_i.astype(np.int64), requant, out=dst)
         return
     if bias is not None:
-        np.add(acc, bias, out=acc, dtype=acc.dtype)
+        apply_channels(np.add, acc, bias)
     _act.apply(acc, act)
     if acc is not dst:
         dst[...] = acc
@@ -315,7 +316,7 @@ def _im2col(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: n
         box = dst[n0:n1, r0:r1, c0:c1]
         m = box.shape[0] * box.shape[1] * box.shape[2]
         out2d = as_2d_view(box) if direct else None
-        if out2d is not None and blasable(out2d):
+        if out2d is not None and blasable(out2d) and (_contiguous_rows(out2d) or not _has_epilogue(bias, act)):
             acc, acc2d = box, out2d
         else:
             acc = np.empty(box.shape, acc_dtype)
@@ -324,6 +325,17 @@ def _im2col(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: n
             lhs = cols[..., g * cig:(g + 1) * cig].reshape(m, k)
             _matmul(blas_operand(lhs), wmat[g], acc2d[:, g * cog:(g + 1) * cog], k_block)
         _epilogue(acc, box, bias, act, requant, quantized)
+
+
+def _has_epilogue(bias: np.ndarray | None, act: Activation) -> bool:
+    return bias is not None or act.fn != NO_ACTIVATION.fn
+
+
+def _contiguous_rows(out2d: np.ndarray) -> bool:
+    """Whether a (pixels, channels) output is one block. A channel slice of a wider tensor (a concat input
+    produced in place) is not: its epilogue would go row by row, slower than computing into a temporary and
+    copying the finished rows over."""
+    return out2d.strides[0] == out2d.shape[1] * out2d.itemsize
 
 
 def _depthwise(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: np.ndarray | None,

@@ -22,6 +22,8 @@ from ._common import (
     CHUNK_BYTES,
     FLOAT_DTYPES,
     INT8,
+    apply_channels,
+    apply_constant,
     block_slices,
     check_tensor,
     dtype_name,
@@ -156,8 +158,11 @@ def _sdp_float(src: np.ndarray, src2: np.ndarray | None, dst: np.ndarray, op: in
         np.multiply(cur, scale, out=t, dtype=f32)
         cur = t
     if bias is not None:
-        np.add(cur, bias, out=t, dtype=f32)
-        cur = t
+        if cur is t:
+            apply_channels(np.add, t, bias)
+        else:
+            np.add(cur, bias, out=t, dtype=f32)
+            cur = t
     if src2 is not None:
         _FLOAT_UFUNCS[op](cur, src2, out=t, dtype=f32)
     elif cur is not t:
@@ -178,14 +183,14 @@ def _convert(src: np.ndarray, dst: np.ndarray, scale: np.ndarray | None, bias: n
     else:
         np.copyto(t, src, casting="unsafe")
     if scale is not None:
-        np.multiply(t, scale, out=t)
+        apply_channels(np.multiply, t, scale)
     if bias is not None:
-        np.add(t, bias, out=t)
+        apply_channels(np.add, t, bias)
     if requant is None:
         _act.apply(t, act)
     else:
-        np.fmax(t, requant.act_min - requant.zero_point, out=t)
-        np.fmin(t, requant.act_max - requant.zero_point, out=t)
+        apply_constant(np.fmax, t, requant.act_min - requant.zero_point)
+        apply_constant(np.fmin, t, requant.act_max - requant.zero_point)
         np.rint(t, out=t)
         t += requant.zero_point
     dst[...] = t
