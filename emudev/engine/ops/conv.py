@@ -328,7 +328,7 @@ def _im2col(win: _Windows, wq: np.ndarray, dst: np.ndarray, groups: int, bias: n
 
 
 def _has_epilogue(bias: np.ndarray | None, act: Activation) -> bool:
-    return bias is not None or act.fn != NO_ACTIVATION.fn
+    return bias is not None or act.fn != _act.ACT_NONE
 
 
 def _contiguous_rows(out2d: np.ndarray) -> bool:
