@@ -174,15 +174,18 @@ class Scheduler:
 
     def _engines_done(self, ring: _OnRing, run: JobRun) -> None:
         """On the engine thread that finished last: signalling here saves a thread hop. The
-        timeout is cancelled after the signal: should it fire meanwhile, it finds the job taken."""
-        if ring.owner.acquire(blocking=False):
-            if run.fault is not None:
-                ring.job.fault = run.fault
-                self._record_fault(ring.job, run.fault)
-            self._finish(ring.job, run.error)
-        ring.cancel_timeout()
-        ring.job.engines_left()
-        self._free_ring()
+        timeout is cancelled after the signal: should it fire meanwhile, it finds the job taken. The
+        ring is freed whatever happens, or the device would take no job any more."""
+        try:
+            if ring.owner.acquire(blocking=False):
+                if run.fault is not None:
+                    ring.job.fault = run.fault
+                    self._record_fault(ring.job, run.fault)
+                self._finish(ring.job, run.error)
+            ring.cancel_timeout()
+            ring.job.engines_left()
+        finally:
+            self._free_ring()
 
     def _free_ring(self) -> None:
         with self._lock:

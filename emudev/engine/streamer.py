@@ -95,16 +95,26 @@ class Engine(threading.Thread):
 
     def run(self) -> None:
         while (work := self.inbox.get()) is not None:
-            run, steps = work
-            started = now_ns()
-            self._waited_ns = 0
-            try:
-                self._run_steps(run, steps)
-            finally:
-                spent = now_ns() - started - self._waited_ns  # busy means working, not waiting on a semaphore
-                self.busy_ns += spent
-                self.busy_by_file[run.job.context.file.id] += spent
-                run.engine_finished()
+            self._work(*work)
+
+    def _work(self, run: JobRun, steps: tuple[Step, ...]) -> None:
+        """Run one job's packets. Nothing here may end the thread, or the device would time out every
+        later job: a job the engine cannot run fails with EIO, as a driver fails a job after an engine
+        error, and the engine takes the next one."""
+        started = now_ns()
+        self._waited_ns = 0
+        try:
+            self._run_steps(run, steps)
+        except Exception:
+            log.exception("%s: engine %s failed outside a packet", run.job.describe(), self.name)
+            run.abort(-errno.EIO)
+        spent = now_ns() - started - self._waited_ns  # busy means working, not waiting on a semaphore
+        self.busy_ns += spent
+        self.busy_by_file[run.job.context.file.id] += spent
+        try:
+            run.engine_finished()
+        except Exception:
+            log.exception("%s: completing the job failed on engine %s", run.job.describe(), self.name)
 
     def _run_steps(self, run: JobRun, steps: tuple[Step, ...]) -> None:
         memory = DeviceMemory(run.job.context.file.vm)

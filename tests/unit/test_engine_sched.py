@@ -12,9 +12,10 @@ import pytest
 from emudev.driver.drv import create_devices
 from emudev.drm.device import DeviceConfig
 from emudev.drm.file import ClientIdentity
+from emudev.engine import streamer
 from emudev.engine.context import Context, create_context
 from emudev.engine.job import Job
-from emudev.engine.program import Program
+from emudev.engine.program import Program, Step
 from emudev.sync.fence import DmaFence, new_context
 from emudev.uapi import defs
 
@@ -35,6 +36,13 @@ def gate() -> DmaFence:
 
 def job(context: Context, *dependencies: DmaFence) -> Job:
     return Job(context, context.next_seqno(), EMPTY, context.timeline.fence(), list(dependencies), [])
+
+
+def timestamp_job(context: Context, va: int) -> Job:
+    """A job with one packet for the CS engine: a TIMESTAMP to `va` (unmapped: the packet faults)."""
+    packet = defs.drm_emudev_pkt_timestamp(engine=defs.DRM_EMUDEV_ENGINE_CS, va=va)
+    program = Program((Step(0, 0, defs.DRM_EMUDEV_ENGINE_CS, "TIMESTAMP", packet, ()),))
+    return Job(context, context.next_seqno(), program, context.timeline.fence(), [], [])
 
 
 def push_all(device, jobs: list[Job]) -> list[Job]:
@@ -113,3 +121,42 @@ def test_cancel_and_unplug_signal_what_is_queued(device):
     late = job(other)
     device.sched.push(late)
     assert late.fence.status == -errno.ENODEV
+
+
+def test_an_engine_error_outside_a_packet_fails_the_job_and_the_engine_runs_on(device, monkeypatch, caplog):
+    """Whatever escapes the packet loop fails that job with EIO, and the next job still runs on the engine
+    (a dead engine thread would time out every later job)."""
+    file = device.open_file(ME)
+    ctx = create_context(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    real = streamer.DeviceMemory
+    calls = []
+
+    def broken_once(vm):
+        calls.append(vm)
+        if len(calls) == 1:
+            raise RuntimeError("injected streamer bug")
+        return real(vm)
+
+    monkeypatch.setattr(streamer, "DeviceMemory", broken_once)
+    first, second = push_all(device, [timestamp_job(ctx, 0x1000), timestamp_job(ctx, 0x1000)])
+    wait_all([first, second])
+    assert first.fence.status == -errno.EIO
+    assert second.fence.status == -errno.EFAULT  # it ran, and faulted on the unmapped address
+    assert "injected streamer bug" in caplog.text
+
+
+def test_a_failing_completion_still_frees_the_ring(device, monkeypatch, caplog):
+    """An exception while a finished job is retired must not leave the ring taken: later jobs run."""
+    file = device.open_file(ME)
+    ctx = create_context(file, defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    failing = timestamp_job(ctx, 0x1000)
+
+    def broken_engines_left():
+        raise RuntimeError("injected completion bug")
+
+    monkeypatch.setattr(failing, "engines_left", broken_engines_left)
+    later = timestamp_job(ctx, 0x2000)
+    push_all(device, [failing, later])
+    wait_all([failing, later])
+    assert later.fence.status == -errno.EFAULT
+    assert "injected completion bug" in caplog.text
