@@ -368,6 +368,16 @@ def test_requantize_clamps_and_offsets() -> None:
     assert got.dtype == np.int8 and got[0].tolist() == want
 
 
+@pytest.mark.parametrize("zero_point", [100, -100])
+def test_requantize_zero_point_add_wraps_like_int32(zero_point: int) -> None:
+    """Near the int32 limits, adding the output zero point wraps (an int32 add in TFLite) before the clamp."""
+    acc = np.array([I32_MAX, I32_MAX - 50, I32_MIN, I32_MIN + 50, 0], np.int32)
+    got = quant.requantize(acc, Requant(I32_MAX, 0, -128, 127, zero_point))
+    want = [clamp(i32(mbqm(int(a), I32_MAX, 0) + zero_point), -128, 127) for a in acc]
+    assert got.tolist() == want
+    assert want[0 if zero_point > 0 else 2] == (-128 if zero_point > 0 else 127)  # a wrapped one
+
+
 def test_check_requant() -> None:
     assert quant.check_requant(1 << 30, -3, -128, 127, 0) is None
     assert quant.check_requant(np.array([0, I32_MAX]), np.array([1, -31]), -5, 5, 3) is None

@@ -247,7 +247,7 @@ def _epilogue(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, act: Ac
         # int32 ones (depthwise), which wrapped as they were summed.
         acc_i = wrap_int32(acc.astype(np.int64)) if acc.dtype == np.float64 else acc.astype(np.int32)
         if bias is not None:
-            acc_i += bias  # int32 + int32 wraps, as in TFLite
+            apply_channels(np.add, acc_i, bias)  # int32 + int32 wraps, as in TFLite
         if dst.dtype == np.int32:
             dst[...] = acc_i
         elif requant is None:

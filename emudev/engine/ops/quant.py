@@ -115,16 +115,17 @@ def requantize(acc: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> n
 
 
 def requantize_owned(v: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> np.ndarray:
-    """requantize() of an int64 array of int32 values that the caller owns (overwritten)."""
-    v = mbqm_inplace(v, rq.multiplier, rq.shift)
+    """requantize() of an int64 array of int32 values that the caller owns (overwritten).
+
+    MBQM's result is an int32 value, so the output stage continues in int32, where adding the zero point
+    wraps as in TFLite."""
+    r = mbqm_inplace(v, rq.multiplier, rq.shift).astype(np.int32)
     if rq.zero_point:
-        v += rq.zero_point
-        if np.any(v > INT32_MAX) or np.any(v < INT32_MIN):
-            v = v.astype(np.int32).astype(np.int64)  # int32 add in TFLite: wraps
-    np.clip(v, max(rq.act_min, -128), min(rq.act_max, 127), out=v)
+        r += np.int32(rq.zero_point)
+    np.clip(r, max(rq.act_min, -128), min(rq.act_max, 127), out=r)
     if out is None:
-        return v.astype(np.int8)
-    out[...] = v
+        return r.astype(np.int8)
+    out[...] = r
     return out
 
 
