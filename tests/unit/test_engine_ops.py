@@ -583,6 +583,26 @@ def test_depthwise_int8_vs_tflite(shape, cout, k, stride, dil, pad) -> None:
     np.testing.assert_array_equal(dst, want)
 
 
+@pytest.mark.parametrize("block", [1, 37, 1 << 20])
+def test_conv_int8_output_stage_in_blocks(monkeypatch, block: int) -> None:
+    """The output stage runs block by block (a block never splits the channels): any block size gives
+    TFLite's result, and an int32 dst takes the raw accumulators even when a requant is given."""
+    monkeypatch.setattr(conv, "_REQUANT_BLOCK", block)
+    x = rand_i8((2, 7, 6, 5))
+    w = rand_i8((6, 3, 3, 5), -127, 127)
+    bias = RNG.integers(-5000, 5000, size=6).astype(np.int32)
+    rq = random_requant(6, -110, 100)
+    mult, shift = per_channel(rq, 6)
+    args = ((1, 1), (1, 1), (1, 1, 1, 1), 1, 3, 0)
+    want = ref_conv_int8(x, w, bias, *args, mult, shift, rq.zero_point, rq.act_min, rq.act_max, raw=False)
+    dst = np.zeros(want.shape, np.int8)
+    conv.conv2d(x, w, dst, bias=bias, pad=(1, 1, 1, 1), requant=rq, src_zero_point=3)
+    np.testing.assert_array_equal(dst, want)
+    raw = np.zeros(want.shape, np.int32)
+    conv.conv2d(x, w, raw, bias=bias, pad=(1, 1, 1, 1), requant=rq, src_zero_point=3)
+    np.testing.assert_array_equal(raw, ref_conv_int8(x, w, bias, *args, mult, shift, 0, 0, 0, raw=True))
+
+
 def test_conv_int8_large_k_exact() -> None:
     """K * 255 * 127 above 2^24: the matmul runs in exact fp32 blocks of K; equal to int64 arithmetic."""
     x = rand_i8((1, 4, 4, 320))
