@@ -538,7 +538,8 @@ DRM_IOCTL_EMUDEV_CTX_DESTROY = 0x40086447
 #: READ otherwise). The stream is copied and validated whole first (see the ISA); on any error nothing
 #: is queued and no syncobj changes. The job ends with an error on a fault (EFAULT), after the job
 #: timeout (ETIME, the context is banned), when an input fence failed (that error), when its context
-#: goes (ESRCH) or when the device does (ENODEV).
+#: goes (ESRCH), when the device does (ENODEV) or when an engine fails internally (EIO, logged; the
+#: engine goes on with the next job).
 DRM_IOCTL_EMUDEV_SUBMIT = 0xC0486448
 
 #: Report where a job is, how it ended and, after a fault, where it faulted; the last
@@ -3637,7 +3638,8 @@ IOCTLS: tuple[IoctlSpec, ...] = (
             "usage for written BOs, READ otherwise). The stream is copied and validated whole first (see "
             "the ISA); on any error nothing is queued and no syncobj changes. The job ends with an error "
             "on a fault (EFAULT), after the job timeout (ETIME, the context is banned), when an input "
-            "fence failed (that error), when its context goes (ESRCH) or when the device does (ENODEV)."
+            "fence failed (that error), when its context goes (ESRCH), when the device does (ENODEV) or "
+            "when an engine fails internally (EIO, logged; the engine goes on with the next job)."
         ),
         requires=frozenset({"gem", "syncobj"}),
         variants=(),

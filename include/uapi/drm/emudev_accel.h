@@ -136,8 +136,9 @@ extern "C" {
  * copied and validated whole first (see the ISA); on any error nothing is
  * queued and no syncobj changes. The job ends with an error on a fault
  * (EFAULT), after the job timeout (ETIME, the context is banned), when an
- * input fence failed (that error), when its context goes (ESRCH) or when the
- * device does (ENODEV).
+ * input fence failed (that error), when its context goes (ESRCH), when the
+ * device does (ENODEV) or when an engine fails internally (EIO, logged; the
+ * engine goes on with the next job).
  */
 #define DRM_IOCTL_EMUDEV_SUBMIT			DRM_IOWR(DRM_COMMAND_BASE + DRM_EMUDEV_SUBMIT, struct drm_emudev_submit)
 /**
