@@ -245,10 +245,12 @@ def _epilogue(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, act: Ac
               requant: Requant | None, quantized: bool) -> None:
     """Bias, then activation (float) or int32 wrap + requantisation (int8), stored into dst (acc may be dst)."""
     if quantized:
-        if dst.dtype != np.int32 and requant is None:
+        if dst.dtype == np.int32:
+            requant = None  # an int32 dst takes the raw accumulators
+        elif requant is None:
             raise ValueError("int8 dst needs a requant")
         for block in block_slices(acc.shape, _REQUANT_BLOCK):
-            _integer_output(acc[block], dst[block], bias, None if dst.dtype == np.int32 else requant)
+            _integer_output(acc[block], dst[block], bias, requant)
         return
     if bias is not None:
         apply_channels(np.add, acc, bias)
