@@ -895,9 +895,16 @@ def test_sdp_quantise_rounding_clamp_and_specials() -> None:
     np.testing.assert_array_equal(dst.ravel(), [-1, -1, -3, -3, 100, -3, 100, -3, -3, 2])
 
 
+@pytest.fixture(params=["element-wise", "table"])
+def sdp_int8_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs an int8 SDP test on both paths: the int64 arithmetic and the byte-indexed result table."""
+    monkeypatch.setattr(sdp, "TABLE_MIN_ELEMENTS", 0 if request.param == "table" else 1 << 62)
+    return request.param
+
+
 @pytest.mark.parametrize("sub", [False, True])
 @pytest.mark.parametrize("left_shift", [20, 0, 24])  # 24: (x + offset) << 24 overflows int32 and wraps
-def test_sdp_int8_add_sub_vs_tflite(sub: bool, left_shift: int) -> None:
+def test_sdp_int8_add_sub_vs_tflite(sub: bool, left_shift: int, sdp_int8_path: str) -> None:
     a = rand_i8((2, 3, 4, 5))
     b = rand_i8((1, 1, 1, 5))
     a.flat[:3], b.flat[:2] = [-128, 127, 0], [-128, 127]
@@ -917,7 +924,7 @@ def test_sdp_int8_add_sub_vs_tflite(sub: bool, left_shift: int) -> None:
     np.testing.assert_array_equal(dst, want)
 
 
-def test_sdp_int8_mul_max_min_none() -> None:
+def test_sdp_int8_mul_max_min_none(sdp_int8_path: str) -> None:
     a, b = rand_i8((2, 3, 4, 5)), rand_i8((2, 3, 4, 5))
     mo, sho = quant.quantize_multiplier(0.02 * 0.03 / 0.01)
     rq = Requant(mo, sho, -128, 127, -9)
@@ -936,6 +943,38 @@ def test_sdp_int8_mul_max_min_none() -> None:
     want = [[clamp(i32(mbqm(int(v) - 6, int(m[c]), int(s[c])) + rq.zero_point), -120, 120)
              for c, v in enumerate(px)] for px in a.reshape(-1, 5)]
     np.testing.assert_array_equal(dst.reshape(-1, 5), want)
+    # NONE with a per-tensor requant (the table path's case)
+    rq = Requant(*quant.quantize_multiplier(0.7), -128, 127, -3)
+    sdp.sdp(a, None, dst, requant=rq, src_zero_point=6)
+    want = [clamp(i32(mbqm(int(v) - 6, rq.multiplier, rq.shift) + rq.zero_point), -128, 127) for v in a.ravel()]
+    np.testing.assert_array_equal(dst.ravel(), want)
+
+
+@pytest.mark.parametrize("op", [sdp.SDP_ADD, sdp.SDP_SUB, sdp.SDP_MUL, sdp.SDP_NONE])
+def test_sdp_int8_table_equals_element_wise_for_every_byte(op: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All 65,536 operand pairs, src2 broadcast along rows, into a strided dst and in place: the gather
+    gives what the int64 arithmetic gives."""
+    every = np.arange(256, dtype=np.uint8).view(np.int8)
+    a = np.ascontiguousarray(np.broadcast_to(every[:, None], (256, 256))).reshape(1, 1, 256, 256)
+    b = every.reshape(1, 1, 1, 256)
+    m1, s1 = quant.quantize_multiplier(0.3)
+    m2, s2 = quant.quantize_multiplier(0.45)
+    out_scale = {sdp.SDP_ADD: 0.9 * 2.0**-20, sdp.SDP_SUB: 0.9 * 2.0**-20, sdp.SDP_MUL: 0.004, sdp.SDP_NONE: 0.7}[op]
+    params = dict(op=op, src_zero_point=3, src2_zero_point=-7, src_multiplier=m1, src_shift=s1, src2_multiplier=m2,
+                  src2_shift=s2, left_shift=20, requant=Requant(*quant.quantize_multiplier(out_scale), -120, 125, 4))
+    src2 = None if op == sdp.SDP_NONE else b
+    monkeypatch.setattr(sdp, "TABLE_MIN_ELEMENTS", 1 << 62)
+    want = np.zeros(a.shape, np.int8)
+    sdp.sdp(a, src2, want, **params)
+    monkeypatch.setattr(sdp, "TABLE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(sdp, "_GATHER_BLOCK", 1000)
+    wide = np.zeros((1, 1, 256, 512), np.int8)
+    sdp.sdp(a, src2, wide[..., ::2], **params)
+    np.testing.assert_array_equal(wide[..., ::2], want)
+    in_place = a.copy()
+    sdp.sdp(in_place, src2, in_place, **params)
+    np.testing.assert_array_equal(in_place, want)
+    assert len(np.unique(want)) > 100  # the parameters spread the results: the test would see a wrong index
 
 
 # ----------------------------------------------------------------------------------------------------------------
