@@ -378,6 +378,39 @@ def test_requantize_zero_point_add_wraps_like_int32(zero_point: int) -> None:
     assert want[0 if zero_point > 0 else 2] == (-128 if zero_point > 0 else 127)  # a wrapped one
 
 
+@pytest.mark.parametrize("act_min, zero_point", [(-128, 5), (-128, -128), (3, 3), (-20, -128), (100, -100)])
+def test_requantize_folded_equals_tflite(act_min: int, zero_point: int) -> None:
+    """The folded output stage (one multiply, add, shift; the negative-tie term skipped under a clamp at or
+    above the zero point) against the literal TFLite steps, per channel and per tensor, ties included."""
+    n = 4000
+    x = RNG.integers(I32_MIN, I32_MAX, size=n, endpoint=True)
+    x[: n // 2] >>= RNG.integers(0, 31, size=n // 2)
+    x[:8] = [I32_MIN, I32_MAX, 0, 1, -1, -(1 << 20), 1 << 20, I32_MIN + 1]
+    m = RNG.integers(1 << 30, I32_MAX, size=n, endpoint=True)
+    m[:50] = RNG.integers(I32_MIN + 1, I32_MAX, size=50)  # an unchecked table's values: negative, small, 0
+    m[50] = 0
+    s = RNG.integers(-31, 0, size=n)
+    s[100:400] = RNG.integers(-4, 0, size=300)  # short shifts: ties at every few values of x
+    rq = Requant(m, s, act_min, 127, zero_point)
+    assert rq.folded is not None and rq.folded.round_negative == (act_min < zero_point)
+    want = [clamp(i32(mbqm(int(a), int(b), int(c)) + zero_point), act_min, 127)
+            for a, b, c in zip(x, m, s, strict=True)]
+    assert quant.requantize(x, rq).tolist() == want
+    for i in (0, 120, 2500):  # per tensor
+        one = Requant(int(m[i]), int(s[i]), act_min, 127, zero_point)
+        assert one.folded is not None
+        want = [clamp(i32(mbqm(int(a), int(m[i]), int(s[i])) + zero_point), act_min, 127) for a in x]
+        assert quant.requantize(x, one).tolist() == want
+
+
+def test_requantize_folds_only_right_shifts_within_int64() -> None:
+    assert Requant(1 << 30, -31, -128, 127, 0).folded is not None
+    assert Requant(1 << 30, 0, -128, 127, 0).folded is None  # no right shift: the zero point add may wrap
+    assert Requant(np.array([1 << 30, 1 << 30]), np.array([-3, 2]), -128, 127, 0).folded is None
+    assert Requant(np.array([1 << 30, 1 << 30]), np.array([-3, -40]), -128, 127, 0).folded is None
+    assert Requant(I32_MIN, -3, -128, 127, 0).folded is None  # the saturating product
+
+
 def test_check_requant() -> None:
     assert quant.check_requant(1 << 30, -3, -128, 127, 0) is None
     assert quant.check_requant(np.array([0, I32_MAX]), np.array([1, -31]), -5, 5, 3) is None
