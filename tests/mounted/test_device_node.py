@@ -22,12 +22,6 @@ from userspace.libaccel import Device, find_devices
 pytestmark = pytest.mark.usefixtures("emudev_shared_mount")
 
 
-@pytest.fixture
-def dev(emudev_shared_mount):
-    with Device(emudev_shared_mount.node(0)) as d:
-        yield d
-
-
 def test_nodes_are_at_mountpoint_accel_accelN(emudev_shared_mount):
     nodes = find_devices(emudev_shared_mount.mountpoint)
     assert nodes == [emudev_shared_mount.node(0), emudev_shared_mount.node(1)]

@@ -41,12 +41,6 @@ def mount(emudev_shared_mount):
     return emudev_shared_mount
 
 
-@pytest.fixture
-def dev(mount):
-    with Device(mount.node(0)) as d:
-        yield d
-
-
 def errno_of(fn) -> int:
     with pytest.raises(OSError) as e:
         fn()

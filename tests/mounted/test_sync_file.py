@@ -26,7 +26,7 @@ import pytest
 from forking import Channel, forked
 
 from emudev.uapi import defs
-from userspace.libaccel import Device, SwSyncTimeline, Syncobj, abs_timeout, claim_fd
+from userspace.libaccel import SwSyncTimeline, Syncobj, abs_timeout, claim_fd
 from userspace.libaccel.sync import SyncFile
 
 PAGE = mmap.PAGESIZE
@@ -38,12 +38,6 @@ READ, WRITE, RW = defs.DMA_BUF_SYNC_READ, defs.DMA_BUF_SYNC_WRITE, defs.DMA_BUF_
 @pytest.fixture(scope="module")
 def mount(emudev_shared_mount):
     return emudev_shared_mount
-
-
-@pytest.fixture
-def dev(mount):
-    with Device(mount.node(0)) as d:
-        yield d
 
 
 @contextmanager

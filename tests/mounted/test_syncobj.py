@@ -51,12 +51,6 @@ def mount(emudev_shared_mount):
 
 
 @pytest.fixture
-def dev(mount):
-    with Device(mount.node(0)) as d:
-        yield d
-
-
-@pytest.fixture
 def timeline(mount):
     with SwSyncTimeline(mount.mountpoint) as tl:
         yield tl
