@@ -270,7 +270,7 @@ def _integer_output(acc: np.ndarray, dst: np.ndarray, bias: np.ndarray | None, r
     if requant is None:
         dst[...] = acc_i
     else:
-        requantize_owned(acc_i.astype(np.int64), requant, out=dst)
+        requantize_owned(acc_i, requant, out=dst)
 
 
 def conv2d(src: np.ndarray, weight: np.ndarray, dst: np.ndarray, *, bias: np.ndarray | None = None,

@@ -40,15 +40,16 @@ class Requant:
 
 class FoldedRequant(NamedTuple):
     """MBQM's two roundings folded into one: for right shifts e >= 1,
-    RoundingDivideByPOT((x*m + 2^30) >> 31, e) = (x*m + 2^30 + 2^(e+30) - 2^31 [x*m < -2^30]) >> (31 + e),
+    RoundingDivideByPOT((x*m + 2^30) >> 31, e) = ((x*m + 2^30 + 2^(e+30)) >> 31 - [x*m < -2^30]) >> e,
     since floor((floor(a / b) + k) / c) = floor((a + k*b) / (b*c)). |x*m| <= 2^62 and the addend <= 2^61 + 2^30
     keep the sum inside int64. The result is then at most 2^30 + 1 in magnitude, so the zero point add
     cannot wrap and the clamp can come first. The [x*m < -2^30] term (ties away from zero) only moves
-    negative results, which a clamp at or above the zero point (a fused ReLU) flattens anyway."""
+    negative results, which a clamp at or above the zero point (a fused ReLU) flattens anyway: there the
+    two shifts are one."""
 
     multiplier: np.ndarray | int
     addend: np.ndarray | int
-    shift: np.ndarray | int
+    exponent: np.ndarray | int  # e
     round_negative: bool
     low: int  # clamp bounds before the zero point is added
     high: int
@@ -63,9 +64,9 @@ def fold_requant(rq: Requant) -> FoldedRequant | None:
     low = max(rq.act_min, -128) - rq.zero_point
     high = min(rq.act_max, 127) - rq.zero_point
     addend = (np.int64(1) << 30) + (np.int64(1) << (e + 30))
-    scalar = m.ndim == 0 and e.ndim == 0
-    return FoldedRequant(int(m) if scalar else m, int(addend) if scalar else addend,
-                         int(e) + 31 if scalar else e + 31, low < 0, low, high)
+    if m.ndim == 0 and e.ndim == 0:
+        return FoldedRequant(int(m), int(addend), int(e), low < 0, low, high)
+    return FoldedRequant(m, addend, e, low < 0, low, high)
 
 
 def wrap_int32(x: np.ndarray) -> np.ndarray:
@@ -152,14 +153,15 @@ def requantize(acc: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> n
 
 
 def requantize_owned(v: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> np.ndarray:
-    """requantize() of an int64 array of int32 values that the caller owns (overwritten).
+    """requantize() of an int64 array of int32 values that the caller owns (overwritten), or of an int32 array
+    (only read).
 
     MBQM's result is an int32 value, so the output stage continues in int32, where adding the zero point
     wraps as in TFLite; the folded form (see FoldedRequant) gives the same bytes in fewer passes."""
     folded = rq.folded
     if folded is not None:
         return _requantize_folded(v, folded, rq.zero_point, out)
-    r = mbqm_inplace(v, rq.multiplier, rq.shift).astype(np.int32)
+    r = mbqm_inplace(v.astype(np.int64, copy=False), rq.multiplier, rq.shift).astype(np.int32)
     if rq.zero_point:
         r += np.int32(rq.zero_point)
     np.clip(r, max(rq.act_min, -128), min(rq.act_max, 127), out=r)
@@ -170,14 +172,17 @@ def requantize_owned(v: np.ndarray, rq: Requant, out: np.ndarray | None = None) 
 
 
 def _requantize_folded(v: np.ndarray, f: FoldedRequant, zero_point: int, out: np.ndarray | None) -> np.ndarray:
-    v *= f.multiplier
+    """Five or seven passes; a masked subtract (ufunc where=) would cost as much as all the others together."""
+    v = np.multiply(v, f.multiplier, out=v if v.dtype == np.int64 else None, dtype=np.int64)
     if f.round_negative:
         negative = v < -(1 << 30)
         v += f.addend
-        np.subtract(v, 1 << 31, out=v, where=negative)
+        v >>= 31
+        v -= negative
+        v >>= f.exponent
     else:
         v += f.addend
-    v >>= f.shift
+        v >>= f.exponent + 31
     np.clip(v, f.low, f.high, out=v)
     if out is None:
         out = np.empty(v.shape, np.int8)
