@@ -7,7 +7,8 @@ model, on the same inputs, with as many intra-op threads as the CPU has (what th
 daemon's numpy uses), so the ratio compares like with like. Runs of the two are
 alternated in blocks, so that drift on a shared VM hits both alike while each runs warm, as
 it would in a loop of inferences: run for run, the two evict each other's weights from the
-caches and onnxruntime's spinning threads take the CPUs from the daemon's engines.
+caches and onnxruntime's spinning threads take the CPUs from the daemon's engines. Each block
+starts with one untimed run, which also outlasts the other side's threads spinning down.
 
 Networks: the digits CNN of `accel-demo` (trained here on scikit-learn's digits, so int8
 accuracy means something), an MLP (the GEMM path alone), a ResNet-ish CNN on
@@ -145,7 +146,7 @@ def measure_case(dev: Device, case: Case, dtype: str, threads: int, reps: int) -
             block = min(BLOCK, reps - start)
             for times, run in ((row.device_ms, lambda: compiled.run(case.inputs)),
                                (row.ort_ms, lambda: session.run(None, case.inputs))):
-                for _ in range(WARMUP if start == 0 else 0):
+                for _ in range(WARMUP if start == 0 else 1):
                     run()
                 times.extend(_timed(run) for _ in range(block))
     except OSError as e:

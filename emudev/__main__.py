@@ -1,3 +1,3 @@
-from emudev.cli import main
+from emudev.launch import main
 
 raise SystemExit(main())
