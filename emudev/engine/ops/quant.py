@@ -34,7 +34,7 @@ class Requant:
 
     @functools.cached_property
     def folded(self) -> FoldedRequant | None:
-        """The output stage in three int64 passes where its operands allow it; None where they do not."""
+        """The output stage in fewer int64 passes (see FoldedRequant) where its operands allow; None where not."""
         return fold_requant(self)
 
 
