@@ -148,8 +148,7 @@ def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndar
 
 def requantize(acc: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> np.ndarray:
     """TFLite's output stage: clamp(MBQM(acc) + zero_point, act_min, act_max) as int8, into out if given."""
-    v = np.asarray(acc).astype(np.int32, copy=False).astype(np.int64)
-    return requantize_owned(v, rq, out)
+    return requantize_owned(np.asarray(acc).astype(np.int32, copy=False), rq, out)
 
 
 def requantize_owned(v: np.ndarray, rq: Requant, out: np.ndarray | None = None) -> np.ndarray:
