@@ -106,7 +106,7 @@ def subjects() -> list[Subject]:
         Subject(FLOOR, partial(_floor, single_threaded=False)),
         Subject("C libfuse3 echo, single-threaded", partial(_floor, single_threaded=True)),
         Subject(EMUDEV, partial(_emudev, ())),
-        Subject("emudev --workers 1", partial(_emudev, ("--workers", "1"))),
+        Subject("emudev --workers 2", partial(_emudev, ("--workers", "2"))),
     ]
 
 

@@ -2,10 +2,13 @@
 
 Workers block in read(2) on the one device descriptor, each into a buffer of
 its own, decode the request through the opcode table and call the file system.
-Measured on the project's 2-vCPU machines, two workers halve the ioctl round
-trip of one (a worker is already waiting in the kernel when the next request
-comes), and neither per-worker clones of the descriptor (FUSE_DEV_IOC_CLONE)
-nor a fresh read(2) buffer per request did better, so there are neither.
+One worker is the default: no handler waits (a blocking call's reply is
+deferred), and the kernel hands requests to waiting readers in turn, so a
+second worker makes every request wake the thread that slept longest, often on
+the other CPU, and take the GIL from the first. On the project's 2-vCPU
+machines that tripled the unpinned ioctl round trip and lowered job throughput.
+Neither per-worker clones of the descriptor (FUSE_DEV_IOC_CLONE) nor a fresh
+read(2) buffer per request did better, so there are neither.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Session:
     was granted.
     """
 
-    def __init__(self, fd: int, ops: Operations, *, workers: int = 2, passthrough: bool = False,
+    def __init__(self, fd: int, ops: Operations, *, workers: int = 1, passthrough: bool = False,
                  max_readahead: int | None = None) -> None:
         if workers < 1:
             raise ValueError("at least one worker is needed")
