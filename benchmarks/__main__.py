@@ -9,6 +9,7 @@ import sys
 import traceback
 
 import benchmarks
+from emudev.launch import let_blas_threads_sleep
 
 
 def discover() -> list[str]:
@@ -29,6 +30,7 @@ def run_one(name: str, quick: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    let_blas_threads_sleep()  # as the daemon does: numpy timed here must not starve it of a CPU
     names = discover()
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="Run every benchmark of this package in turn.")

@@ -15,7 +15,10 @@ result is checked once against the direct one, so that a fast wrong answer canno
 measurement. The daemon runs without checkers and with a job timeout long enough for the largest op.
 
 Multithreaded BLAS on a small shared VM is fragile: OpenBLAS's threads spin while they wait for
-work, and when another process holds one of the CPUs a 0.3 ms GEMM can take 10 ms. So the rows are
+work, and when another process holds one of the CPUs a 0.3 ms GEMM can take 10 ms. Both sides
+therefore run with the daemon's OPENBLAS_THREAD_TIMEOUT (`python -m benchmarks` sets it): with
+OpenBLAS's default, this process's threads spun for 0.1 s after each direct call, on a CPU the next
+job's GEMM needed, and a 1024³ GEMM took twice as long inside the daemon. The rows are
 measured twice, with OpenBLAS's default thread count, then in a child process (and a daemon of its
 own) with OPENBLAS_NUM_THREADS=1 on both sides; and the load average is printed with each table. The
 verdict is on medians, the minimums show what each side does when nothing interferes.
@@ -207,10 +210,16 @@ def measure_and_print(quick: bool, blas: str) -> int:
     return 0 if rows else 1
 
 
+def blas_settings() -> str:
+    env = os.environ
+    return (f"OpenBLAS threads: {env.get('OPENBLAS_NUM_THREADS', 'default')}, thread timeout "
+            f"{env.get('OPENBLAS_THREAD_TIMEOUT', 'default')} (daemon and this process)")
+
+
 def run(quick: bool) -> int:
     print(f"Linux {os.uname().release}, {len(os.sched_getaffinity(0))} CPUs, numpy {np.__version__}", flush=True)
     threads = os.environ.get("OPENBLAS_NUM_THREADS")
-    status = measure_and_print(quick, f"OpenBLAS threads: {threads or 'default'} (daemon and this process)")
+    status = measure_and_print(quick, blas_settings())
     if threads == "1":
         return status
     child = subprocess.run([sys.executable, "-m", "benchmarks.compute", *(["--quick"] if quick else [])],
@@ -222,5 +231,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="one table of the compute benchmark, with this environment")
     parser.add_argument("--quick", action="store_true")
     quick_only = parser.parse_args().quick
-    sys.exit(measure_and_print(quick_only, f"OpenBLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')} "
-                               "(daemon and this process)"))
+    sys.exit(measure_and_print(quick_only, blas_settings()))
