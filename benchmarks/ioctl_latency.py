@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -31,6 +32,7 @@ DRM_CAP_TIMESTAMP_MONOTONIC = 0x6
 WARMUP = 200
 CALLS = 5000
 QUICK_CALLS = 1000
+FRESH_STARTS, QUICK_FRESH_STARTS = 5, 3
 TARGET = 1.3
 
 NATIVE = "native ioctl (FIONREAD)"
@@ -62,6 +64,11 @@ class Placement:
     detail: str
     client: frozenset[int]
     server: frozenset[int]
+    fresh_starts: int = 0
+    """Unpinned: where two threads that wake each other end up is the scheduler's choice, made
+    when they start and then kept, and it decides the figure (13 or 60 µs here). So each such
+    cell is the median over this many fresh server starts, interleaved across the rows, instead
+    of one start that inherits the placement a pinned measurement left behind."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,11 @@ class Subject:
 
 Results = dict[str, dict[str, tuple[Cell, Cell]]]
 """Placement name → row label → (Python client, C client)."""
+Starts = dict[str, dict[str, list[tuple[Cell, Cell]]]]
+"""Fresh-start placement name → row label → the cells of each start."""
 
 
-def placements() -> list[Placement]:
+def placements(quick: bool = False) -> list[Placement]:
     """Same CPU, split across two CPUs, and left to the scheduler; split needs a second CPU."""
     cpus = frozenset(os.sched_getaffinity(0))
     first, *others = sorted(cpus)
@@ -85,7 +94,9 @@ def placements() -> list[Placement]:
     if others:
         result.append(Placement("split", f"client CPU {others[0]}, server CPU {first}",
                                 frozenset({others[0]}), frozenset({first})))
-    result.append(Placement("unpinned", f"CPUs {','.join(map(str, sorted(cpus)))}", cpus, cpus))
+    starts = QUICK_FRESH_STARTS if quick else FRESH_STARTS
+    result.append(Placement("unpinned", f"CPUs {','.join(map(str, sorted(cpus)))}, median of {starts} fresh starts",
+                            cpus, cpus, starts))
     return result
 
 
@@ -197,12 +208,21 @@ def measure_placement(served: Served | None, placement: Placement, client: Path 
 
 def measure_subject(subject: Subject, places: list[Placement], client: Path | BuildError,
                     calls: int) -> dict[str, tuple[Cell, Cell]]:
-    """One server start serves every placement: only the pinning changes between them."""
+    """One server start serves these placements: only the pinning changes between them."""
     try:
         with subject.start() if subject.start is not None else nullcontext(None) as served:
             return {p.name: measure_placement(served, p, client, calls) for p in places}
     except (OSError, ServerError, BuildError) as e:
         return {p.name: (str(e), str(e)) for p in places}
+
+
+def median_cell(cells: list[Cell]) -> Cell:
+    """The median of p50s and of p99s over fresh starts; the first failure if any start failed."""
+    failures = [c for c in cells if isinstance(c, str)]
+    if failures:
+        return failures[0]
+    latencies = [c for c in cells if isinstance(c, Latency)]
+    return Latency(statistics.median(c.p50_us for c in latencies), statistics.median(c.p99_us for c in latencies))
 
 
 # report
@@ -234,6 +254,16 @@ def table(placement: Placement, rows: dict[str, tuple[Cell, Cell]]) -> list[str]
     return lines + notes
 
 
+def start_lines(rounds: dict[str, list[tuple[Cell, Cell]]]) -> list[str]:
+    """The Python client's p50 of each fresh start for the floor and emudev: the spread is the point."""
+    lines = []
+    for label in (FLOOR, EMUDEV):
+        p50s = [f"{c[0].p50_us:.1f}" if isinstance(c[0], Latency) else "n/a" for c in rounds.get(label, [])]
+        if p50s:
+            lines.append(f"  {label}, p50 of each start (Python client): {' '.join(p50s)} µs")
+    return lines
+
+
 def verdict(results: Results) -> str:
     """The target line: emudev's Python-client p50 against the floor's, per placement."""
     parts = []
@@ -254,28 +284,54 @@ def _client() -> Path | BuildError:
         return e
 
 
-def measure_all(places: list[Placement], calls: int) -> Results:
+def measure_all(places: list[Placement], calls: int) -> tuple[Results, Starts]:
+    """Pinned placements share a start per row; each fresh-start placement gets its own rounds."""
     client = _client()
     results: Results = {p.name: {} for p in places}
+    starts: Starts = {}
+    pinned = [p for p in places if not p.fresh_starts]
     original = os.sched_getaffinity(0)
     try:
         for subject in subjects():
-            for name, cells in measure_subject(subject, places, client, calls).items():
+            for name, cells in measure_subject(subject, pinned, client, calls).items():
                 results[name][subject.label] = cells
+        for place in places:
+            if place.fresh_starts:
+                rounds = starts[place.name] = {s.label: [] for s in subjects()}
+                for _ in range(place.fresh_starts):
+                    for subject in subjects():
+                        rounds[subject.label].append(measure_subject(subject, [place], client, calls)[place.name])
+                results[place.name] = {label: (median_cell([r[0] for r in cells]), median_cell([r[1] for r in cells]))
+                                       for label, cells in rounds.items()}
     finally:
         os.sched_setaffinity(0, original)
-    return results
+    return results, starts
+
+
+def cpu_idle() -> str:
+    """How an idle CPU waits: on a VM guest that halts at once, every wake-up of a thread asleep on
+    another CPU is a VM exit, which is what separates the slow and fast unpinned starts."""
+    def read(path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "unknown"
+    poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return f"cpuidle {driver}" + (f" (guest_halt_poll_ns {poll_ns})" if poll_ns is not None else "")
 
 
 def run(quick: bool) -> int:
     """Print one table per placement and the target line; fail only if the floor could not run."""
     calls = QUICK_CALLS if quick else CALLS
     print(f"{calls} timed calls per cell after {WARMUP} warm-up calls; Linux {os.uname().release}, "
-          f"{len(os.sched_getaffinity(0))} CPUs", flush=True)
-    places = placements()
-    results = measure_all(places, calls)
+          f"{len(os.sched_getaffinity(0))} CPUs, {cpu_idle()}", flush=True)
+    places = placements(quick)
+    results, starts = measure_all(places, calls)
     for place in places:
-        print("\n".join(["", *table(place, results[place.name])]))
+        print("\n".join(["", *table(place, results[place.name]), *start_lines(starts.get(place.name, {}))]))
     print("\n" + verdict(results))
     floor_measured = any(isinstance(rows[FLOOR][0], Latency) for rows in results.values())
     return 0 if floor_measured else 1
