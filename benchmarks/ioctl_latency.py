@@ -287,25 +287,33 @@ def _client() -> Path | BuildError:
 def measure_all(places: list[Placement], calls: int) -> tuple[Results, Starts]:
     """Pinned placements share a start per row; each fresh-start placement gets its own rounds."""
     client = _client()
+    rows = subjects()
     results: Results = {p.name: {} for p in places}
     starts: Starts = {}
     pinned = [p for p in places if not p.fresh_starts]
     original = os.sched_getaffinity(0)
     try:
-        for subject in subjects():
+        for subject in rows:
             for name, cells in measure_subject(subject, pinned, client, calls).items():
                 results[name][subject.label] = cells
         for place in places:
             if place.fresh_starts:
-                rounds = starts[place.name] = {s.label: [] for s in subjects()}
-                for _ in range(place.fresh_starts):
-                    for subject in subjects():
-                        rounds[subject.label].append(measure_subject(subject, [place], client, calls)[place.name])
-                results[place.name] = {label: (median_cell([r[0] for r in cells]), median_cell([r[1] for r in cells]))
-                                       for label, cells in rounds.items()}
+                starts[place.name] = measure_fresh_starts(rows, place, client, calls)
+                results[place.name] = {label: (median_cell([c[0] for c in cells]), median_cell([c[1] for c in cells]))
+                                       for label, cells in starts[place.name].items()}
     finally:
         os.sched_setaffinity(0, original)
     return results, starts
+
+
+def measure_fresh_starts(rows: list[Subject], place: Placement, client: Path | BuildError,
+                         calls: int) -> dict[str, list[tuple[Cell, Cell]]]:
+    """Each row's cells over `place.fresh_starts` starts, the rows taking turns so that drift hits all alike."""
+    cells: dict[str, list[tuple[Cell, Cell]]] = {s.label: [] for s in rows}
+    for _ in range(place.fresh_starts):
+        for subject in rows:
+            cells[subject.label].append(measure_subject(subject, [place], client, calls)[place.name])
+    return cells
 
 
 def cpu_idle() -> str:
