@@ -52,7 +52,10 @@ class MountedEmudev:
         self.extra_args = extra_args
         self._own_dir = mountpoint is None
         self.mountpoint = mountpoint or tempfile.mkdtemp(prefix="emudev-mnt-")
-        self.log_path = os.path.join(tempfile.gettempdir(), f"emudev-test-{os.getpid()}-{id(self)}.log")
+        # A file of its own: a name built from id(self) came back once the object it named was freed,
+        # and the next mount then read an earlier daemon's findings as its own.
+        fd, self.log_path = tempfile.mkstemp(prefix=f"emudev-test-{os.getpid()}-", suffix=".log")
+        os.close(fd)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def node(self, index: int = 0) -> str:
