@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--coverage", metavar="FILE|DIR",
                    help="record the uapi the clients use into FILE, or a file of the daemon's own in DIR "
                         "(python -m emudev.uapi.coverage compares it with the uapi)")
-    m.add_argument("--workers", type=int, default=1,
-                   help="FUSE request threads (default 1: waits never hold one, and a second only adds wake-ups)")
+    m.add_argument("--workers", type=int, default=fuse.DEFAULT_WORKERS,
+                   help=f"FUSE request threads (default {fuse.DEFAULT_WORKERS}: waits never hold one, and more "
+                        "only add wake-ups)")
     m.add_argument("--foreground", action="store_true", help="do not daemonise; log to stderr")
     m.add_argument("--log", help="daemon log file (default /tmp/emudev-<pid>.log when daemonised)")
     m.add_argument("--debug", action="store_true", help="log every open and release")

@@ -53,7 +53,7 @@ class DaemonConfig:
     mountpoint: str
     devices: int = 1
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    workers: int = 1
+    workers: int = fuse.DEFAULT_WORKERS
     log_path: str = ""
     passthrough: bool = True
     check: bool = False

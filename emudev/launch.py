@@ -17,8 +17,9 @@ BLAS_SPIN_CYCLES_LOG2 = "18"
 def let_blas_threads_sleep() -> None:
     """Make OpenBLAS's idle threads sleep after about 0.1 ms; call it before numpy is imported.
 
-    The benchmarks call it too: a process that times numpy beside the daemon must not keep a CPU
-    spinning while the daemon computes, nor have hot threads where the daemon's first wake up."""
+    The benchmarks call it too: a process that times numpy beside the daemon must neither keep a
+    CPU spinning while the daemon computes nor time its own calls with threads kept hotter than
+    the daemon's."""
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_SPIN_CYCLES_LOG2)
 
 

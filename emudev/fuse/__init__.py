@@ -19,9 +19,10 @@ from emudev.fuse.ops import (
     StatFs,
 )
 from emudev.fuse.request import Request
-from emudev.fuse.session import Session
+from emudev.fuse.session import DEFAULT_WORKERS, Session
 
 __all__ = [
+    "DEFAULT_WORKERS",
     "DEFERRED",
     "Attr",
     "ConnInfo",

@@ -33,6 +33,8 @@ from emudev.fuse.request import Request, write_message
 log = logging.getLogger("emudev.fuse")
 
 MAX_PAGES = 256
+# Why one: see the module docstring.
+DEFAULT_WORKERS = 1
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Without FUSE_MAX_PAGES the kernel keeps its historical limit of 32 pages per request.
 _DEFAULT_MAX_PAGES = 32
@@ -53,7 +55,7 @@ class Session:
     was granted.
     """
 
-    def __init__(self, fd: int, ops: Operations, *, workers: int = 1, passthrough: bool = False,
+    def __init__(self, fd: int, ops: Operations, *, workers: int = DEFAULT_WORKERS, passthrough: bool = False,
                  max_readahead: int | None = None) -> None:
         if workers < 1:
             raise ValueError("at least one worker is needed")
