@@ -10,7 +10,9 @@ is SUBMIT + SYNCOBJ_WAIT of the job (fp32 GEMM of square matrices, fp32 3x3 and 
 ResNet-like layers, batch 1, NHWC, OHWI weights). Next to it, in the same loop,
 emudev.engine.ops.conv.gemm / conv2d is called in this process on numpy arrays of the same shapes,
 which is exactly what the engine thread calls. Two TIMESTAMP packets on the CONV engine around the
-op give the time of that call inside the daemon, so the job's own cost is the rest. Every device
+op give the time of that call inside the daemon, so the job's own cost is the rest; how long the SUBMIT
+call itself took shows whether the client got a CPU while the engines' BLAS threads held them all (when
+it did not, its SYNCOBJ_WAIT arrives after the job and adds a round trip). Every device
 result is checked once against the direct one, so that a fast wrong answer cannot pass for a
 measurement. The daemon runs without checkers and with a job timeout long enough for the largest op.
 
@@ -95,6 +97,7 @@ def ops() -> list[Op]:
 class Row:
     op: Op
     device_ms: list[float]
+    submit_ms: list[float]
     kernel_ms: list[float]
     direct_ms: list[float]
 
@@ -121,11 +124,12 @@ def measure_op(ctx: Context, op: Op, min_samples: int, budget_s: float) -> Row:
     cmd, size = upload_stream(dev, stream)
     job = PreparedJob(ctx, cmd, size, [*((bo, READ) for bo in bos), (dst_bo, WRITE), (stamps, WRITE)])
     out = np.empty(op.out_shape, np.float32)
-    device_ms, kernel_ms, direct_ms = [], [], []
+    device_ms, submit_ms, kernel_ms, direct_ms = [], [], [], []
     try:
         for sample in range(-1, 10**6):  # sample -1 warms both up
             t0 = time.perf_counter()
             job.submit()
+            submitted = time.perf_counter()
             job.wait()
             t1 = time.perf_counter()
             status = job.status()
@@ -143,6 +147,7 @@ def measure_op(ctx: Context, op: Op, min_samples: int, budget_s: float) -> Row:
             with stamps.cpu_access(write=False) as memory:
                 before, after = (int(v) for v in memory[:16].view(np.uint64))
             device_ms.append((t1 - t0) * 1e3)
+            submit_ms.append((submitted - t0) * 1e3)
             kernel_ms.append((after - before) / 1e6)
             direct_ms.append((t3 - t2) * 1e3)
             if sample + 1 >= min_samples and sum(device_ms) + sum(direct_ms) >= budget_s * 1e3:
@@ -151,24 +156,28 @@ def measure_op(ctx: Context, op: Op, min_samples: int, budget_s: float) -> Row:
         job.close()
         for bo in (*bos, dst_bo, stamps, cmd):
             bo.close()
-    return Row(op, device_ms, kernel_ms, direct_ms)
+    return Row(op, device_ms, submit_ms, kernel_ms, direct_ms)
 
 
 def table(rows: list[Row], notes: list[str]) -> list[str]:
     lines = [f"{'op (fp32, batch 1)':{LABEL_WIDTH}}{'GFLOP':>6}{'direct ms':>15}{'device ms':>15}{'kernel':>7}"
-             f"{'kernel':>8}{'job':>7}{'direct/device':>14}{'GFLOP/s':>8}{'n':>6}",
+             f"{'kernel':>8}{'job':>7}{'SUBMIT':>8}{'direct/device':>14}{'GFLOP/s':>8}{'n':>6}",
              f"{'':{LABEL_WIDTH}}{'':>6}{'median':>8}{'min':>7}{'median':>8}{'min':>7}{'median':>7}{'/direct':>8}"
-             f"{'cost':>7}{'median':>7}{'min':>7}{'device':>8}"]
+             f"{'cost':>7}{'median':>8}{'median':>7}{'min':>7}{'device':>8}"]
     for r in rows:
-        direct, device, kernel = (statistics.median(v) for v in (r.direct_ms, r.device_ms, r.kernel_ms))
+        direct, device, submit, kernel = (statistics.median(v)
+                                          for v in (r.direct_ms, r.device_ms, r.submit_ms, r.kernel_ms))
         fastest_direct, fastest_device = min(r.direct_ms), min(r.device_ms)
         lines.append(f"{r.op.name:{LABEL_WIDTH}}{r.op.flops / 1e9:>6.2f}{direct:>8.2f}{fastest_direct:>7.2f}"
                      f"{device:>8.2f}{fastest_device:>7.2f}{kernel:>7.2f}{kernel / direct:>7.2f}{TIMES}"
-                     f"{device - kernel:>7.2f}{direct / device:>6.2f}{TIMES}{fastest_direct / fastest_device:>6.2f}"
-                     f"{TIMES}{r.op.flops / device / 1e6:>8.1f}{len(r.device_ms):>6}")
+                     f"{device - kernel:>7.2f}{submit:>8.2f}{direct / device:>6.2f}{TIMES}"
+                     f"{fastest_direct / fastest_device:>6.2f}{TIMES}{r.op.flops / device / 1e6:>8.1f}"
+                     f"{len(r.device_ms):>6}")
     lines += ["  ms. device: SUBMIT → SYNCOBJ_WAIT returns. kernel: between two TIMESTAMPs on the CONV engine around "
               "the op, i.e. the numpy call in the daemon. job cost: device - kernel (median), what the job adds "
-              "(SUBMIT, scheduler and engine hand-offs, fence, wake-up).", *notes]
+              "(SUBMIT, scheduler and engine hand-offs, fence, wake-up). SUBMIT: until the SUBMIT call returns; "
+              "close to the kernel's time, it says the client got no CPU while the engines computed, so its "
+              "SYNCOBJ_WAIT came after the job had ended and cost a whole round trip more.", *notes]
     return lines
 
 
