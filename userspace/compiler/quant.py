@@ -25,11 +25,20 @@ class QParams:
     zero_point: int
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        q = np.round(np.asarray(x, np.float64) / self.scale) + self.zero_point
-        return np.clip(q, QMIN, QMAX).astype(np.int8)
+        """round(x / scale) + zero point, clamped to int8; computed in place in one float64 temporary."""
+        q = np.array(x, np.float64)
+        q /= self.scale
+        np.round(q, out=q)
+        q += self.zero_point
+        np.clip(q, QMIN, QMAX, out=q)
+        return q.astype(np.int8)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return ((np.asarray(q, np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
+        """(q - zero point) * scale in float32, into one new array (q may be a view of device memory)."""
+        real = np.array(q, np.float32)
+        real -= np.float32(self.zero_point)
+        real *= np.float32(self.scale)
+        return real
 
     def q(self, value: float) -> int:
         """A real value in the quantised domain, clamped to int8."""
