@@ -66,14 +66,28 @@ def test_branches_run_engines_concurrently_and_reuse_memory(device):
 
 
 def test_resubmission_many_runs(device):
-    """The same command buffer runs again and again (semaphores reset each run) with fresh inputs."""
+    """The same command buffer runs again and again (semaphores reset each run) with fresh inputs; each
+    run's outputs are the caller's own, not views of the arena the next run overwrites."""
     model = branches(1)
     with compile(model, device) as compiled:
+        runs = []
         for _ in range(5):
             x = rand(1, 3, 12, 12)
-            np.testing.assert_allclose(compiled.run({"x": x})[0], reference(model, {"x": x})[0], atol=1e-4,
-                                       rtol=1e-3)
+            runs.append((compiled.run({"x": x})[0], reference(model, {"x": x})[0]))
         assert compiled.timings.runs == 5
+    for got, expected in runs:
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_int8_outputs_outlive_the_run(device):
+    """Dequantised outputs are copies: a later run leaves an earlier run's results as they were."""
+    shape = NETS["mlp"][1]
+    with compile(mlp(shape[0]), device, dtype="int8", calibration=[rand(*shape) for _ in range(4)]) as compiled:
+        first = compiled.run(rand(*shape))[0]
+        kept = first.copy()
+        second = compiled.run(rand(*shape) * 3)[0]
+    assert first.dtype == np.float32 and not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, kept)
 
 
 def _bo_ids(mount) -> set[int]:
