@@ -26,12 +26,13 @@ from userspace.compiler.errors import CompileError, JobError, UnsupportedOperato
 from userspace.compiler.lower import Lowering, int8_nodes, quant_groups
 from userspace.compiler.plan import plan_memory
 from userspace.compiler.quant import shared_params
-from userspace.compiler.runtime import JOB_FRACTION, CompiledModel, Port, Timings
+from userspace.compiler.runtime import CompiledModel, Port, Timings
 from userspace.libaccel import Device, isa_compatible, version_text
 
 __all__ = ["CompileError", "CompiledModel", "JobError", "Timings", "UnsupportedOperator", "compile"]
 
 _INT8_FUSABLE = {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Sum"}
+JOB_FRACTION = 0.1  # of the device's job timeout, by estimate, per job: a 10x margin for loaded machines
 
 
 def compile(model: frontend.ModelLike, device: Device, dtype: str = "fp32",
@@ -84,7 +85,7 @@ def compile(model: frontend.ModelLike, device: Device, dtype: str = "fp32",
             outputs.append(Port(onnx_name, graph.shapes[value], lowering.views[value],
                                 qparams[value] if lowering.is_int8(value) else None))
     elapsed = time.perf_counter() - started
-    compiled = CompiledModel(device, lowering.kernels, plan, inputs, outputs, dtype, elapsed, profile,
+    compiled = CompiledModel(device, lowering.kernels, plan, inputs, outputs, dtype, elapsed, job_seconds, profile,
                              graph.ignored_inputs)
     compiled.qparams = dict(qparams)
     return compiled

@@ -29,8 +29,6 @@ from userspace.compiler.quant import QParams
 from userspace.compiler.schedule import ScheduleStats, Stream, schedule
 from userspace.libaccel import DEVICE_READ_ONLY, MAPPABLE, READ, WRITE, Bo, Context, Device, DmaBuf, Job, Syncobj
 
-JOB_FRACTION = 0.1  # of the device's job timeout, by estimate, per job: a 10x margin for loaded machines
-
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
 
 
@@ -70,14 +68,15 @@ class CompiledModel:
     """A model compiled for one device; run() it as often as needed, close() to release the device memory."""
 
     def __init__(self, device: Device, kernels: list[Kernel], plan: MemoryPlan, inputs: list[Port],
-                 outputs: list[Port], dtype: str, compile_seconds: float, profile: bool = False,
-                 ignored_inputs: Sequence[str] = ()) -> None:
+                 outputs: list[Port], dtype: str, compile_seconds: float, job_seconds: float,
+                 profile: bool = False, ignored_inputs: Sequence[str] = ()) -> None:
         self.device = device
         self.kernels = kernels
         self.plan = plan
         self.inputs = inputs
         self.outputs = outputs
         self.dtype = dtype
+        self.job_seconds = job_seconds  # estimated work per job: where the streams are cut
         self.ignored_inputs = set(ignored_inputs)  # model inputs no node reads: accepted and ignored
         self.qparams: dict[str, QParams] = {}  # int8: (scale, zero point) of every value, by ONNX name
         self.timings = Timings(compile=compile_seconds)
@@ -125,10 +124,8 @@ class CompiledModel:
         addresses = Addresses({"arena": self.arena.device_va, "const": self.weights.device_va})
         max_cmd = self.device.get_param(defs.DRM_EMUDEV_PARAM_MAX_CMD_SIZE)
         timestamps = self.arena.device_va + plan.timestamp_offset if self.profile_enabled else 0
-        self._job_timeout_s = self.device.get_param(defs.DRM_EMUDEV_PARAM_JOB_TIMEOUT_MS) / 1000
-        job_seconds = self._job_timeout_s * JOB_FRACTION
         self._streams, stats = schedule(self.kernels, addresses, self.arena.device_va + plan.semaphore_offset,
-                                        max_cmd, timestamps, job_seconds)
+                                        max_cmd, timestamps, self.job_seconds)
         blob = bytearray()
         for stream in self._streams:
             self._stream_offsets.append(len(blob))
