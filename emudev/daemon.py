@@ -140,6 +140,7 @@ class Daemon:
         self.tree.inodes.on_unlink = lambda parent, name: session.notify_inval_entry(parent, name.encode())
         for device in self.devices:
             device.mount = services
+            device.sched.defer = fuse.after_reply
 
     def _janitor(self) -> None:
         while not self._stopping.wait(0.5):

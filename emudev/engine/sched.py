@@ -6,9 +6,12 @@ a priority the file that has used the device least (fairness between files). A j
 that runs past the timeout is failed with ETIME and the engines are reset; its
 context is banned, and what it still had queued is cancelled with ECANCELED.
 
-The scheduler has no thread of its own: whoever makes a job runnable (SUBMIT, a
-dependency's signal, the end of the previous job) starts it, and the engine thread
-that finishes a job signals its fence. An empty job completes inside SUBMIT.
+The scheduler has no thread of its own: whoever makes a job runnable (a dependency's
+signal, the end of the previous job) starts it, and the engine thread that finishes a
+job signals its fence. SUBMIT only queues: the dispatch that follows goes to `defer`,
+which the daemon points at the FUSE worker's after-reply work, as drm_sched runs a job
+from its own work item once the ioctl has returned. The caller then gets its answer
+before the ring is touched, and an empty job completes while the answer is on its way.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class _OnRing:
     cancel_timeout: Callable[[], None] = lambda: None
 
 
+def _now(work: Callable[[], object]) -> None:
+    work()
+
+
 class Scheduler:
     def __init__(self, device_name: str, timeout_ms: int, inject: FaultInjection) -> None:
         self.device_name = device_name
@@ -69,6 +76,7 @@ class Scheduler:
         self._dispatching = False
         self._again = False
         self._stopped = False
+        self.defer: Callable[[Callable[[], object]], None] = _now
 
     @property
     def running(self) -> Job | None:
@@ -92,7 +100,7 @@ class Scheduler:
             job.retire(-errno.ENODEV)
             return
         self._watch_dependencies(job)
-        self._dispatch()
+        self.defer(self._dispatch)
 
     def _watch_dependencies(self, job: Job) -> None:
         """Look for a ready job again when the last pending dependency of `job` signals.

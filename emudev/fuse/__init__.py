@@ -19,7 +19,7 @@ from emudev.fuse.ops import (
     StatFs,
 )
 from emudev.fuse.request import Request
-from emudev.fuse.session import DEFAULT_WORKERS, Session
+from emudev.fuse.session import DEFAULT_WORKERS, Session, after_reply
 
 __all__ = [
     "DEFAULT_WORKERS",
@@ -36,6 +36,7 @@ __all__ = [
     "Request",
     "Session",
     "StatFs",
+    "after_reply",
     "is_mounted",
     "mount",
     "mount_device",

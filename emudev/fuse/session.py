@@ -10,6 +10,11 @@ machines it bought nothing: pinned round trips were equal or a little slower
 (12.9 against 13.5 µs on one CPU) and 8 clients got 3,220 jobs/s against 3,676.
 Neither per-worker clones of the descriptor (FUSE_DEV_IOC_CLONE) nor a fresh
 read(2) buffer per request did better, so there are neither.
+
+Work a handler need not finish before its caller returns goes to ``after_reply``:
+the worker runs it once the reply is written, before it reads the next request,
+as the kernel hands such work to a workqueue instead of doing it in the syscall.
+The caller's wake-up, often a cross-CPU one, then overlaps with that work.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from emudev.fuse.pending import PendingRequests
 from emudev.fuse.request import Request, write_message
 
 log = logging.getLogger("emudev.fuse")
+# A worker thread's work to run after its current request: see after_reply().
+_worker = threading.local()
 
 MAX_PAGES = 256
 # Why one: see the module docstring.
@@ -45,6 +52,26 @@ _RETRY_READ = frozenset({errno.EINTR, errno.EAGAIN, errno.ENOENT})
 # export), and WRITEBACK_CACHE, which would let the kernel delay and merge writes to the device.
 _WANTED_FLAGS = (abi.ASYNC_READ | abi.HAS_IOCTL_DIR | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.INIT_EXT
                  | abi.DIRECT_IO_ALLOW_MMAP)
+
+
+def after_reply(work: Callable[[], object]) -> None:
+    """Run ``work`` once the request this worker thread is handling has been answered (or its
+    reply deferred), before the worker reads the next one; at once on any other thread."""
+    queue: list[Callable[[], object]] | None = getattr(_worker, "after", None)
+    if queue is None:
+        work()
+    else:
+        queue.append(work)
+
+
+def _run_after(queue: list[Callable[[], object]]) -> None:
+    """In order, including work queued by the work itself; a failure is logged and the rest runs."""
+    while queue:
+        work = queue.pop(0)
+        try:
+            work()
+        except Exception:
+            log.exception("work after a reply failed")
 
 
 class Session:
@@ -144,6 +171,7 @@ class Session:
         per request are a measurable share of an ioctl round trip.
         """
         self._local.worker = True
+        _worker.after = after = []
         # The largest request is a WRITE or ioctl of max_pages pages plus its headers.
         buf = bytearray(MAX_PAGES * PAGE_SIZE + PAGE_SIZE)
         view = memoryview(buf)
@@ -166,6 +194,8 @@ class Session:
                 if req.opcode not in NO_REPLY:
                     pending.add(req)
                 self._dispatch(req, view[header.size: size])
+                if after:
+                    _run_after(after)
         except OSError:
             log.exception("FUSE worker stopped: reading the device failed")
 

@@ -14,7 +14,7 @@ from emudev.drm.device import DeviceConfig
 from emudev.drm.file import ClientIdentity
 from emudev.engine import streamer
 from emudev.engine.context import Context, create_context
-from emudev.engine.job import Job
+from emudev.engine.job import Job, JobState
 from emudev.engine.program import Program, Step
 from emudev.sync.fence import DmaFence, new_context
 from emudev.uapi import defs
@@ -71,6 +71,18 @@ def test_higher_priority_runs_first_once_ready(device):
     g.signal()
     wait_all(jobs)
     assert [j.context for j in started_order(jobs)] == [high, high, low, low]
+
+
+def test_push_only_queues_and_the_deferred_work_dispatches(device):
+    """As drm_sched: SUBMIT queues the job, the job runs from work the caller does not wait for."""
+    deferred: list = []
+    device.sched.defer = deferred.append
+    context = create_context(device.open_file(ME), defs.DRM_EMUDEV_PRIORITY_NORMAL)
+    empty = push_all(device, [job(context)])[0]
+    assert (empty.state, empty.fence.signaled, device.sched.queued()) == (JobState.QUEUED, False, 1)
+    for work in deferred:
+        work()
+    assert (empty.state, empty.fence.signaled, device.sched.queued()) == (JobState.DONE, True, 0)
 
 
 def test_files_share_the_ring_fairly(device):

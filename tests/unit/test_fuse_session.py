@@ -42,6 +42,7 @@ from emudev.fuse import (
     Session,
     StatFs,
     abi,
+    after_reply,
     is_mounted,
     mount,
     unmount,
@@ -78,6 +79,8 @@ IOC_BLOCK = _iowr(4, 8)  # never answered unless the caller is interrupted
 IOC_STATS = _iowr(5, 8)  # how many interrupt callbacks ran
 IOC_STORE = _iowr(6, 8)  # notify_store STORED into "cached"; returns 1 if a worker was refused wait=True
 IOC_INVAL = _iowr(7, 8)  # notify_inval_inode("cached", wait=True) from a helper thread, then reply
+IOC_AFTER = _iowr(8, 8)  # returns how many after-reply works finished, and queues one that takes 0.3 s
+AFTER_WORK_S = 0.3
 U64 = struct.Struct("Q")
 
 
@@ -100,6 +103,7 @@ class ExampleFs(Operations):
         self.content = bytearray(b"hello world")
         self.readable = threading.Event()
         self.interrupts = 0
+        self.after_done = 0
         self.ioctls: dict[int, Callable[[Request, int], IoctlResult | Deferred]] = {
             IOC_ECHO: lambda req, value: IoctlResult(0, U64.pack(value + 1)),
             IOC_FAIL: lambda req, value: IoctlResult(-errno.EINVAL, U64.pack(value + 1)),
@@ -108,6 +112,7 @@ class ExampleFs(Operations):
             IOC_STATS: lambda req, value: IoctlResult(0, U64.pack(self.interrupts)),
             IOC_STORE: self._store,
             IOC_INVAL: self._inval,
+            IOC_AFTER: self._after,
         }
 
     def init(self, conn: ConnInfo) -> None:
@@ -229,6 +234,14 @@ class ExampleFs(Operations):
 
         threading.Thread(target=invalidate).start()
         return DEFERRED
+
+    def _after(self, req: Request, value: int) -> IoctlResult:
+        def work() -> None:
+            time.sleep(AFTER_WORK_S)
+            self.after_done += 1
+
+        after_reply(work)
+        return IoctlResult(0, U64.pack(self.after_done))
 
     def poll(self, req: Request, nodeid: int, fh: int, kh: int | None, flags: int, events: int) -> int:
         if self.readable.is_set():
@@ -379,6 +392,26 @@ def test_deferred_ioctl_replied_later_from_another_thread(server: Server) -> Non
         started = time.monotonic()
         assert _ioctl(fd, IOC_SLOW, 1) == (0, 2)
         assert time.monotonic() - started >= 0.19
+
+
+def test_work_after_a_reply_runs_before_the_worker_reads_again(tmp_path: Path) -> None:
+    """The caller is answered before the work runs; the one worker takes its next request only after it."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with serving(mountpoint, workers=1) as server, _opened(server.dev) as fd:
+        started = time.monotonic()
+        assert _ioctl(fd, IOC_AFTER, 0) == (0, 0)
+        answered = time.monotonic() - started
+        assert answered < AFTER_WORK_S
+        assert _ioctl(fd, IOC_AFTER, 0) == (0, 1)
+        assert time.monotonic() - started >= AFTER_WORK_S
+
+
+def test_work_after_a_reply_runs_at_once_outside_a_worker() -> None:
+    ran: list[str] = []
+    after_reply(lambda: ran.append("work"))
+    ran.append("returned")
+    assert ran == ["work", "returned"]
 
 
 def test_deferred_ioctl_interrupted_by_a_signal(server: Server) -> None:
