@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from emudev import check, trace
 from emudev.drm.file import DrmFile
@@ -73,8 +73,7 @@ def release_file(file: DrmFile) -> None:
 # -- SUBMIT -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Use:
+class _Use(NamedTuple):
     obj: GemObject
     write: bool
 
@@ -89,6 +88,8 @@ def _entries(user: UserMemory, address: int, count: int, stride: int, entry: str
     if stride < entry.size:
         raise OSError(errno.EINVAL, f"stride {stride} is below the entry size {entry.size}")
     raw = user.read(address, stride * (count - 1) + entry.size)
+    if stride == entry.size:
+        return list(entry.iter_unpack(raw))
     return [entry.unpack_from(raw, i * stride) for i in range(count)]
 
 

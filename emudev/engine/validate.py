@@ -46,8 +46,7 @@ def build_program(stream: bytes, space: AddressSpace) -> tuple[Program, list[Gem
     What depends only on the bytes is cached, so a command buffer built once and submitted
     again costs only the address checks, which depend on the file's mappings of the moment."""
     program = _decode(stream)
-    addressed = [_check_mapped(space, access, _where(step.index, step.name, step.offset))
-                 for step in program.steps for access in step.accesses]
+    addressed = [_check_mapped(space, access, step) for step in program.steps for access in step.accesses]
     return program, addressed
 
 
@@ -82,13 +81,14 @@ def _require(reason: str | None) -> None:
         raise _Reject(reason)
 
 
-def _check_mapped(space: AddressSpace, access: Access, where: str) -> GemObject:
+def _check_mapped(space: AddressSpace, access: Access, step: Step) -> GemObject:
     found = space.translate(access.va, access.length)
     if found is None:
-        raise Invalid(where, f"{access.what} [{access.va:#x}, +{access.length}) is not inside one mapped BO",
-                      errno.EFAULT)
+        raise Invalid(_where(step.index, step.name, step.offset),
+                      f"{access.what} [{access.va:#x}, +{access.length}) is not inside one mapped BO", errno.EFAULT)
     if access.write and found.obj.flags & defs.DRM_EMUDEV_BO_DEVICE_READ_ONLY:
-        raise Invalid(where, f"{access.what} writes BO {found.obj.id}, which is device read-only")
+        raise Invalid(_where(step.index, step.name, step.offset),
+                      f"{access.what} writes BO {found.obj.id}, which is device read-only")
     return found.obj
 
 
