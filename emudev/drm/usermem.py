@@ -42,6 +42,8 @@ class _Iovecs:
 
 
 class _Scratch(threading.local):
+    """A thread's buffer for small transfers and the iovecs over it, made once per thread."""
+
     def __init__(self) -> None:
         self.buffer = ctypes.create_string_buffer(SCRATCH_SIZE)
         self.address = ctypes.addressof(self.buffer)
