@@ -93,6 +93,12 @@ def ops() -> list[Op]:
     return [*(gemm_op(n, rng) for n in GEMM_SIZES), *(conv_op(*layer, rng) for layer in CONV_LAYERS)]
 
 
+STAGES = ("SUBMIT→queued", "queued→ring", "ring→op", "op→fence", "fence→return")
+"""Where a job's cost goes, from the client's clock and the daemon's (JOB_STATUS, TIMESTAMPs), one
+CLOCK_MONOTONIC: the SUBMIT's way in and its checks, the scheduler (after SUBMIT's reply), the engine
+thread waking to the first packet, the end of the op to the fence, and the wait's reply reaching the client."""
+
+
 @dataclass(frozen=True)
 class Row:
     op: Op
@@ -100,6 +106,7 @@ class Row:
     submit_ms: list[float]
     kernel_ms: list[float]
     direct_ms: list[float]
+    stages_us: list[tuple[float, ...]]
 
 
 def upload(dev: Device, array: np.ndarray) -> tuple[Bo, Tensor]:
@@ -124,20 +131,20 @@ def measure_op(ctx: Context, op: Op, min_samples: int, budget_s: float) -> Row:
     cmd, size = upload_stream(dev, stream)
     job = PreparedJob(ctx, cmd, size, [*((bo, READ) for bo in bos), (dst_bo, WRITE), (stamps, WRITE)])
     out = np.empty(op.out_shape, np.float32)
-    device_ms, submit_ms, kernel_ms, direct_ms = [], [], [], []
+    device_ms, submit_ms, kernel_ms, direct_ms, stages_us = [], [], [], [], []
     try:
         for sample in range(-1, 10**6):  # sample -1 warms both up
-            t0 = time.perf_counter()
+            t0 = time.monotonic_ns()
             job.submit()
-            submitted = time.perf_counter()
+            submitted = time.monotonic_ns()
             job.wait()
-            t1 = time.perf_counter()
+            t1 = time.monotonic_ns()
             status = job.status()
             if status.error:
                 raise RuntimeError(f"{op.name}: the job failed with {status.error}")
-            t2 = time.perf_counter()
+            t2 = time.monotonic_ns()
             op.direct(op.inputs, out)
-            t3 = time.perf_counter()
+            t3 = time.monotonic_ns()
             if sample < 0:
                 with dst_bo.cpu_access(write=False) as memory:
                     got = memory[: out.nbytes].view(np.float32).reshape(op.out_shape)
@@ -146,17 +153,20 @@ def measure_op(ctx: Context, op: Op, min_samples: int, budget_s: float) -> Row:
                 continue
             with stamps.cpu_access(write=False) as memory:
                 before, after = (int(v) for v in memory[:16].view(np.uint64))
-            device_ms.append((t1 - t0) * 1e3)
-            submit_ms.append((submitted - t0) * 1e3)
+            device_ms.append((t1 - t0) / 1e6)
+            submit_ms.append((submitted - t0) / 1e6)
             kernel_ms.append((after - before) / 1e6)
-            direct_ms.append((t3 - t2) * 1e3)
+            direct_ms.append((t3 - t2) / 1e6)
+            spans = ((t0, status.submit_ns), (status.submit_ns, status.start_ns), (status.start_ns, before),
+                     (after, status.end_ns), (status.end_ns, t1))
+            stages_us.append(tuple((end - start) / 1e3 for start, end in spans))
             if sample + 1 >= min_samples and sum(device_ms) + sum(direct_ms) >= budget_s * 1e3:
                 break
     finally:
         job.close()
         for bo in (*bos, dst_bo, stamps, cmd):
             bo.close()
-    return Row(op, device_ms, submit_ms, kernel_ms, direct_ms)
+    return Row(op, device_ms, submit_ms, kernel_ms, direct_ms, stages_us)
 
 
 def table(rows: list[Row], notes: list[str]) -> list[str]:
@@ -179,6 +189,19 @@ def table(rows: list[Row], notes: list[str]) -> list[str]:
               "close to the kernel's time, it says the client got no CPU while the engines computed, so its "
               "SYNCOBJ_WAIT came after the job had ended and cost a whole round trip more.", *notes]
     return lines
+
+
+def stage_table(rows: list[Row]) -> list[str]:
+    """The job cost of each op split into STAGES (medians, µs): which hand-off costs what."""
+    width = max(len(stage) for stage in STAGES) + 2
+    lines = ["where the job cost goes (medians, µs)",
+             f"{'':{LABEL_WIDTH}}" + "".join(f"{stage:>{width}}" for stage in STAGES)]
+    for r in rows:
+        medians = [statistics.median(sample[i] for sample in r.stages_us) for i in range(len(STAGES))]
+        lines.append(f"{r.op.name:{LABEL_WIDTH}}" + "".join(f"{m:>{width}.0f}" for m in medians))
+    return [*lines, "  SUBMIT→queued: the request reaching the daemon and SUBMIT's checks; queued→ring: the "
+                    "scheduler, after SUBMIT's reply; ring→op: the engine thread waking up to the first packet; "
+                    "op→fence: the end of the job; fence→return: the wait's reply reaching the client."]
 
 
 def verdict(rows: list[Row]) -> str:
@@ -215,7 +238,8 @@ def measure_and_print(quick: bool, blas: str) -> int:
     except MOUNT_ERRORS as e:
         print(f"emudev did not start: {e}")
         return 1
-    print("\n".join([*table(rows, notes), f"  {load()} at the end", "", verdict(rows)]), flush=True)
+    print("\n".join([*table(rows, notes), f"  {load()} at the end", "", *stage_table(rows), "", verdict(rows)]),
+          flush=True)
     return 0 if rows else 1
 
 
