@@ -73,8 +73,8 @@ def test_higher_priority_runs_first_once_ready(device):
     assert [j.context for j in started_order(jobs)] == [high, high, low, low]
 
 
-def test_push_only_queues_and_the_deferred_work_dispatches(device):
-    """As drm_sched: SUBMIT queues the job, the job runs from work the caller does not wait for."""
+def test_an_empty_job_completes_in_deferred_work_and_one_with_work_starts_at_once(device):
+    """SUBMIT's reply goes out before an empty job completes; an engine job is on the ring before it."""
     deferred: list = []
     device.sched.defer = deferred.append
     context = create_context(device.open_file(ME), defs.DRM_EMUDEV_PRIORITY_NORMAL)
@@ -83,6 +83,10 @@ def test_push_only_queues_and_the_deferred_work_dispatches(device):
     for work in deferred:
         work()
     assert (empty.state, empty.fence.signaled, device.sched.queued()) == (JobState.DONE, True, 0)
+    deferred.clear()
+    engine_job = push_all(device, [timestamp_job(context, 0x1000)])[0]
+    assert engine_job.start_ns and not deferred
+    wait_all([engine_job])
 
 
 def test_files_share_the_ring_fairly(device):
