@@ -65,10 +65,14 @@ class Placement:
     client: frozenset[int]
     server: frozenset[int]
     fresh_starts: int = 0
-    """Unpinned: where two threads that wake each other end up is the scheduler's choice, made
-    when they start and then kept, and it decides the figure (13 or 60 µs here). So each such
-    cell is the median over this many fresh server starts, interleaved across the rows, instead
-    of one start that inherits the placement a pinned measurement left behind."""
+    """Unpinned: whether two threads that wake each other share a CPU is the scheduler's choice, and
+    it decides the figure (13 or 60 µs here). On the project's VMs they start on two CPUs and are
+    packed onto one once their load drops: the C server after 300 to 500 calls of the timing loop,
+    a Python server (emudev, or even a bare loop answering every ioctl with a constant) never
+    while the client calls back to back, but after a pause or a few hundred calls with 0.2 ms
+    between them. So each such cell is the median over this many fresh server starts,
+    interleaved across the rows, instead of one start that inherits the placement a pinned
+    measurement left behind."""
 
 
 @dataclass(frozen=True)
