@@ -31,26 +31,31 @@ _ONE, _NO_FLAGS = ctypes.c_ulong(1), ctypes.c_ulong(0)
 SCRATCH_SIZE = 4096
 
 
-class _Iovecs:
-    """A local and a remote iovec of one segment each, with the pointers to pass them by."""
+class _Staging:
+    """A buffer in this process and the one-segment iovecs over it and over the caller's range."""
 
-    def __init__(self, local_address: int) -> None:
-        self.local = _IoVec(local_address, 0)
+    def __init__(self, size: int) -> None:
+        self.buffer = ctypes.create_string_buffer(size)
+        self.address = ctypes.addressof(self.buffer)
+        self.local = _IoVec(self.address, 0)
         self.remote = _IoVec(0, 0)
         self.local_ref = ctypes.byref(self.local)
         self.remote_ref = ctypes.byref(self.remote)
 
 
 class _Scratch(threading.local):
-    """A thread's buffer for small transfers and the iovecs over it, made once per thread."""
+    """A thread's staging for small transfers, made once per thread."""
 
     def __init__(self) -> None:
-        self.buffer = ctypes.create_string_buffer(SCRATCH_SIZE)
-        self.address = ctypes.addressof(self.buffer)
-        self.iovecs = _Iovecs(self.address)
+        self.staging = _Staging(SCRATCH_SIZE)
 
 
 _scratch = _Scratch()
+
+
+def _staging(size: int) -> _Staging:
+    """The thread's scratch for a small transfer, a buffer of its own for a larger one."""
+    return _scratch.staging if size <= SCRATCH_SIZE else _Staging(size)
 
 # Largest single transfer: bounds what one ioctl can make the daemon allocate.
 MAX_TRANSFER = 64 << 20
@@ -68,13 +73,9 @@ class UserMemory:
         if size == 0:
             return b""
         self._check_range(address, size)
-        if size <= SCRATCH_SIZE:
-            scratch = _scratch
-            self._transfer(_readv, scratch.iovecs, address, size)
-            return ctypes.string_at(scratch.address, size)
-        buf = ctypes.create_string_buffer(size)
-        self._transfer(_readv, _Iovecs(ctypes.addressof(buf)), address, size)
-        return buf.raw
+        staging = _staging(size)
+        self._transfer(_readv, staging, address, size)
+        return ctypes.string_at(staging.address, size)
 
     def write(self, address: int, data: bytes) -> None:
         """Copy `data` into the caller; EFAULT on a bad or short range."""
@@ -82,13 +83,9 @@ class UserMemory:
         if not size:
             return
         self._check_range(address, size)
-        if size <= SCRATCH_SIZE:
-            scratch = _scratch
-            ctypes.memmove(scratch.address, bytes(data), size)
-            self._transfer(_writev, scratch.iovecs, address, size)
-            return
-        buf = ctypes.create_string_buffer(bytes(data), size)
-        self._transfer(_writev, _Iovecs(ctypes.addressof(buf)), address, size)
+        staging = _staging(size)
+        ctypes.memmove(staging.address, bytes(data), size)
+        self._transfer(_writev, staging, address, size)
 
     def read_string(self, address: int, limit: int) -> bytes:
         """strndup_user(): the NUL-terminated string at `address`, EINVAL if longer than
@@ -108,10 +105,10 @@ class UserMemory:
         if address == 0 or size < 0 or size > MAX_TRANSFER or address + size > 1 << 64:
             raise OSError(errno.EFAULT, "bad user address")
 
-    def _transfer(self, fn: ctypes._CFuncPtr, iovecs: _Iovecs, remote: int, size: int) -> None:
-        iovecs.local.iov_len = iovecs.remote.iov_len = size
-        iovecs.remote.iov_base = remote
-        done = fn(self.pid, iovecs.local_ref, _ONE, iovecs.remote_ref, _ONE, _NO_FLAGS)
+    def _transfer(self, fn: ctypes._CFuncPtr, staging: _Staging, remote: int, size: int) -> None:
+        staging.local.iov_len = staging.remote.iov_len = size
+        staging.remote.iov_base = remote
+        done = fn(self.pid, staging.local_ref, _ONE, staging.remote_ref, _ONE, _NO_FLAGS)
         if done == size:
             return
         err = ctypes.get_errno()
